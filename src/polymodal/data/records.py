@@ -1,0 +1,91 @@
+"""An image-text collection: records plus the function that turns a record into pixels.
+
+Every reader (JSONL, COCO, Karpathy, ImageFolder), every packaged dataset (emoji, easy-vqa, animal
+silhouettes, scikit-image photos) and the generated shapes world produce an :class:`ImageTextSet`, so
+training, evaluation, embedding and export never care where the images came from.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class ImageTextRecord:
+    """One image with every caption that describes it.
+
+    Attributes:
+        key: stable identifier of the image; for on-disk data the absolute image path. Search results and
+            the index's id table report this key.
+        captions: every caption of this image (at least one, except for label-only sets).
+        group: records with the same group describe the same scene; retrieval counts a hit when the retrieved
+            item's group equals the query's group. Defaults to ``key``.
+        label: class index into :attr:`ImageTextSet.class_names`, for classification sets.
+    """
+
+    key: str
+    captions: tuple[str, ...]
+    group: str = ""
+    label: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.group:
+            object.__setattr__(self, "group", self.key)
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Open an image file as RGB (the loader used by every on-disk reader)."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def _open_record_key(record: ImageTextRecord) -> Image.Image:
+    return open_rgb(record.key)
+
+
+@dataclass
+class ImageTextSet:
+    """A list of :class:`ImageTextRecord` and how to load each record's image.
+
+    Attributes:
+        name: short dataset name, shown in tables and written into ``metrics.json``.
+        records: the items, in a fixed order.
+        load_image: maps a record to an RGB PIL image; by default opens ``record.key`` as a path.
+        class_names: for classification sets, the name of each label (``record.label`` indexes it).
+        skipped: how many input rows a reader skipped as bad (only with ``skip_bad=True``).
+    """
+
+    name: str
+    records: list[ImageTextRecord]
+    load_image: Callable[[ImageTextRecord], Image.Image] = field(default=_open_record_key, repr=False)
+    class_names: list[str] | None = None
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image(self, index: int) -> Image.Image:
+        return self.load_image(self.records[index])
+
+    def subset(self, indices: Sequence[int], name: str | None = None) -> "ImageTextSet":
+        """A new set holding ``records[i]`` for ``i`` in ``indices`` (same loader and class names)."""
+        return ImageTextSet(
+            name=name or self.name,
+            records=[self.records[i] for i in indices],
+            load_image=self.load_image,
+            class_names=self.class_names,
+        )
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, the line or record, and the reason."""
+
+    def __init__(self, source: str | Path, where: str | int | None, reason: str) -> None:
+        location = f"{source}" + (f", {'line ' if isinstance(where, int) else ''}{where}" if where is not None else "")
+        super().__init__(f"{location}: {reason}")
+        self.source = str(source)
+        self.where = where
+        self.reason = reason
