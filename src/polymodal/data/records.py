@@ -89,3 +89,19 @@ class DataError(ValueError):
         self.source = str(source)
         self.where = where
         self.reason = reason
+
+
+def concat_sets(sets: Sequence[ImageTextSet], name: str) -> ImageTextSet:
+    """One set holding the records of several; each record's image is still loaded by its own set's loader.
+
+    Keys must be distinct across the sets (they identify images in indexes and search results).
+    """
+    owner: dict[str, ImageTextSet] = {}
+    records: list[ImageTextRecord] = []
+    for part in sets:
+        for record in part.records:
+            if record.key in owner:
+                raise ValueError(f"key {record.key!r} is in both {owner[record.key].name} and {part.name}")
+            owner[record.key] = part
+            records.append(record)
+    return ImageTextSet(name=name, records=records, load_image=lambda record: owner[record.key].load_image(record))

@@ -1,0 +1,60 @@
+"""``polymodal eval CHECKPOINT [--data SPEC] [--zero-shot SPEC] [--json]``."""
+from __future__ import annotations
+
+import argparse
+
+HELP = """\
+Score a trained model.
+
+  --data SPEC       image-text pairs to score retrieval on: a JSONL of {"image": path, "caption": text}
+                    (paths relative to the file), a CSV, COCO captions JSON, Karpathy JSON, an ImageFolder,
+                    or a catalog name (polymodal data list). Default: the run's validation set.
+  --zero-shot SPEC  a labelled set (ImageFolder or catalog name such as animal-shapes) for zero-shot
+                    top-1/top-5 with prompt ensembling.
+Prints a table, or with --json one JSON object: image_to_text_R@1/5/10, text_to_image_R@1/5/10, median
+ranks, and zero_shot_top1/top5 when asked.
+"""
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    parser = verbs.add_parser("eval", help="retrieval and zero-shot metrics of a checkpoint", description=HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="checkpoint directory or run directory")
+    parser.add_argument("--data", help="pairs to evaluate retrieval on (see above)")
+    parser.add_argument("--zero-shot", dest="zero_shot", help="labelled set for zero-shot classification")
+    parser.add_argument("--skip-bad", action="store_true", help="skip and count malformed rows")
+    parser.add_argument("--json", action="store_true", help="print metrics as JSON")
+    parser.add_argument("--device", default="auto")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from polymodal.cli.common import load_checkpoint, print_json, run_config_beside
+    from polymodal.cli.pipeline import load_data_spec
+    from polymodal.cli.report import print_table
+    from polymodal.tasks.retrieval import evaluate_retrieval
+    from polymodal.tasks.zero_shot import evaluate_zero_shot
+
+    loaded = load_checkpoint(args.checkpoint, args.device)
+    spec = args.data
+    if spec is None and args.zero_shot is None:
+        run_config = run_config_beside(loaded.checkpoint) or {}
+        spec = (run_config.get("data") or {}).get("val")
+        if spec is None:
+            raise ValueError("no --data given and the run has no validation set; pass --data PAIRS.jsonl")
+    metrics: dict[str, float | int | str] = {}
+    progress = not args.json
+    if spec is not None:
+        dataset = load_data_spec(spec, args.skip_bad)
+        metrics.update({"dataset": dataset.name, "images": len(dataset), "skipped": dataset.skipped})
+        metrics.update(evaluate_retrieval(loaded.model, loaded.tokenizer, dataset, loaded.transform, progress=progress))
+    if args.zero_shot is not None:
+        labelled = load_data_spec(args.zero_shot, args.skip_bad)
+        scores = evaluate_zero_shot(loaded.model, loaded.tokenizer, labelled, loaded.transform, progress=progress)
+        metrics.update({f"zero_shot_{k}": v for k, v in scores.items()})
+        metrics["zero_shot_dataset"] = labelled.name
+    if args.json:
+        print_json(metrics)
+    else:
+        print_table(f"evaluation of {loaded.checkpoint}", [{"metric": k, "value": v} for k, v in metrics.items()])
+    return 0

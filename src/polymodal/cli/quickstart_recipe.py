@@ -1,0 +1,238 @@
+"""The quickstart run: train → evaluate before/after → index → example searches → table and figures."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+
+from polymodal.cli.pipeline import (
+    load_data_spec,
+    model_config_of,
+    make_tokenizer,
+    resolve_device,
+    run_training,
+    seed_everything,
+    split_train_val,
+    tower_features,
+)
+from polymodal.cli.report import plot_search_grid, plot_training_curve, print_table
+from polymodal.cli.run_config import DataConfig, OptimConfig, RunConfig
+from polymodal.data.records import ImageTextSet, concat_sets
+from polymodal.data.tokenizers import TextTokenizer
+from polymodal.data.transforms import image_transform
+from polymodal.factory import build_model
+from polymodal.index import VectorIndex
+from polymodal.io import write_json
+from polymodal.metrics.classification import topk_accuracy
+from polymodal.metrics.retrieval import chance_recall
+from polymodal.models.dual_encoder import DualEncoder
+from polymodal.tasks.embed import all_captions, embed_images, embed_texts
+from polymodal.tasks.retrieval import retrieval_from_embeddings
+from polymodal.tasks.zero_shot import zero_shot_classifier
+
+
+@dataclass
+class Recipe:
+    """Everything that differs between the two quickstart worlds."""
+
+    run: RunConfig
+    retrieval_sets: dict[str, Any]  # table label → dataset spec ("held-out" = the run's validation split)
+    zero_shot_sets: dict[str, Any]
+    index_sets: list[str]  # labels of retrieval sets whose images go into the search index
+    queries: list[str]
+    templates: tuple[str, ...] = ("a photo of a {}.", "a picture of a {}.", "a drawing of a {}.", "a {}.")
+    compare_untrained: bool = True  # the pretrained model's untrained state is the ConSE bridge: worth a column
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def real_recipe(out: str) -> Recipe:
+    return Recipe(
+        run=RunConfig(
+            model="lit-effnet-minilm",
+            data=DataConfig(train={"name": "openmoji"}, val=None, val_fraction=0.1),
+            train=OptimConfig(epochs=25, batch_size=256, lr=1e-3, weight_decay=0.05, warmup_steps=20,
+                              checkpoint_every=0, log_every=5),
+            out=out,
+        ),
+        retrieval_sets={"emoji (held-out)": "held-out", "scikit-image photos": {"name": "skimage-photos"}},
+        zero_shot_sets={"animal silhouettes": {"name": "animal-shapes", "split": "test", "size": 1000},
+                        "scikit-image photos": {"name": "skimage-photos"}},
+        index_sets=["emoji (held-out)", "scikit-image photos"],
+        queries=["a cat", "a rocket", "a cup of coffee", "a red heart", "a smiling face with sunglasses"],
+        notes={"bridge": "untrained model = ConSE bridge (ImageNet probabilities → MiniLM space), no training"},
+    )
+
+
+def shapes_recipe(out: str) -> Recipe:
+    return Recipe(
+        run=RunConfig(
+            model="clip-tiny",
+            data=DataConfig(train={"name": "shapes", "split": "train", "size": 6000},
+                            val={"name": "shapes", "split": "val", "size": 500}),
+            train=OptimConfig(epochs=12, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_steps=50,
+                              checkpoint_every=100, log_every=10),
+            out=out,
+        ),
+        retrieval_sets={"shapes test": {"name": "shapes", "split": "test", "size": 500},
+                        "shapes unseen colour-shape pairs": {"name": "shapes", "split": "test_compositional",
+                                                             "size": 500}},
+        zero_shot_sets={"shapes (largest object's shape)": {"name": "shapes", "split": "test", "size": 500}},
+        index_sets=["shapes test"],
+        queries=["a red circle left of a blue square", "a small green triangle", "a big yellow star",
+                 "three shapes", "a purple square above a white circle"],
+        templates=("a {}.", "a picture of a {}.", "a {} shape."),
+        compare_untrained=False,
+    )
+
+
+@torch.no_grad()
+def embed_dataset(
+    model: DualEncoder, tokenizer: TextTokenizer, dataset: ImageTextSet, progress: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit-norm image and caption embeddings; frozen towers go through the on-disk feature cache."""
+    device = next(model.parameters()).device
+    model.eval()
+    captions, _, _ = all_captions(dataset)
+    if model.image_frozen and model.text_frozen:
+        features = tower_features(model, tokenizer, dataset, device, progress)
+        images = model.encode_image(image_tower_features=features.images.to(device))
+        texts = model.encode_text(text_tower_features=features.captions.to(device))
+        return images.float().cpu(), texts.float().cpu()
+    transform = image_transform(model.preprocess)
+    return embed_images(model, dataset, transform, progress=progress), embed_texts(model, tokenizer, captions,
+                                                                                    progress=False)
+
+
+def evaluate_model(
+    model: DualEncoder, tokenizer: TextTokenizer, sets: dict[str, ImageTextSet], zero_shot: dict[str, ImageTextSet],
+    templates: tuple[str, ...], progress: bool,
+) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor]]:
+    """Retrieval metrics per set and zero-shot top-1/5 per labelled set; also returns the image embeddings."""
+    results: dict[str, dict[str, float]] = {}
+    image_embeddings: dict[str, torch.Tensor] = {}
+    for label, dataset in sets.items():
+        images, texts = embed_dataset(model, tokenizer, dataset, progress)
+        image_embeddings[label] = images
+        results[label] = retrieval_from_embeddings(images, texts, dataset)
+    for label, dataset in zero_shot.items():
+        images, _ = embed_dataset(model, tokenizer, dataset, progress)
+        classifier = zero_shot_classifier(model, tokenizer, dataset.class_names, templates)
+        labels = torch.tensor([record.label for record in dataset.records])
+        results.setdefault(label, {}).update(
+            {f"zero_shot_{k}": v for k, v in topk_accuracy(images @ classifier.T, labels).items()}
+        )
+    return results, image_embeddings
+
+
+def chance_levels(sets: dict[str, ImageTextSet], zero_shot: dict[str, ImageTextSet]) -> dict[str, dict[str, float]]:
+    chance: dict[str, dict[str, float]] = {}
+    for label, dataset in sets.items():
+        _, text_groups, _ = all_captions(dataset)
+        chance[label] = chance_recall([r.group for r in dataset.records], text_groups)
+    for label, dataset in zero_shot.items():
+        classes = len(dataset.class_names)
+        chance.setdefault(label, {}).update({"zero_shot_top1": 100 / classes, "zero_shot_top5": 100 * min(5, classes) / classes})
+    return chance
+
+
+TABLE_METRICS = ("text_to_image_R@1", "text_to_image_R@5", "image_to_text_R@1", "zero_shot_top1", "zero_shot_top5")
+
+
+def run_quickstart(out: str | Path, world: str = "real", progress: bool = True) -> dict[str, Any]:
+    console = Console()
+    out = Path(out)
+    recipe = real_recipe(str(out)) if world == "real" else shapes_recipe(str(out))
+    started = time.perf_counter()
+    seed_everything(recipe.run.train.seed)
+
+    before = None
+    if recipe.compare_untrained:
+        console.print("[bold]1/4[/] scoring the untrained model (the training-free bridge)")
+        train_all = load_data_spec(recipe.run.data.train)
+        _, held_out = split_train_val(train_all, recipe.run.data.val_fraction, recipe.run.train.seed)
+        untrained_config = model_config_of(recipe.run)
+        untrained = build_model(untrained_config).to(resolve_device(recipe.run.train.device))
+        untrained_tokenizer = make_tokenizer(untrained_config, train_all)
+        eval_sets, zero_shot_sets = _load_eval_sets(recipe, held_out)
+        before, _ = evaluate_model(untrained, untrained_tokenizer, eval_sets, zero_shot_sets, recipe.templates, progress)
+        del untrained
+
+    console.print("[bold]2/4[/] training")
+    train_started = time.perf_counter()
+    result = run_training(recipe.run, progress=progress)
+    train_seconds = time.perf_counter() - train_started
+    plot_training_curve(out / "metrics.jsonl", out / "training_curve.png")
+
+    console.print("[bold]3/4[/] evaluating the trained model")
+    eval_sets, zero_shot_sets = _load_eval_sets(recipe, result.val_set)
+    after, image_embeddings = evaluate_model(result.model, result.tokenizer, eval_sets, zero_shot_sets,
+                                             recipe.templates, progress)
+    chance = chance_levels(eval_sets, zero_shot_sets)
+
+    console.print("[bold]4/4[/] indexing and searching")
+    index_set = concat_sets([eval_sets[label] for label in recipe.index_sets], "quickstart-index")
+    vectors = torch.cat([image_embeddings[label] for label in recipe.index_sets]).numpy()
+    index = VectorIndex.build(vectors, [r.key for r in index_set.records], kind="flat", normalize=True,
+                              checkpoint=str(result.checkpoint.resolve()))
+    index.save(out / "index")
+    searches = _run_searches(result.model, result.tokenizer, index, index_set, recipe.queries)
+    plot_search_grid(recipe.queries, [[(image, score) for image, score, _ in hits] for hits in searches],
+                     out / "search_examples.png")
+
+    rows = []
+    for label in {**eval_sets, **zero_shot_sets}:
+        for metric in TABLE_METRICS:
+            if metric in after.get(label, {}):
+                row = {"dataset": label, "metric": metric, "chance": chance[label][metric]}
+                if before is not None:
+                    row["bridge (untrained)"] = before[label][metric]
+                row["trained"] = after[label][metric]
+                rows.append(row)
+    print_table(f"quickstart ({world}) — percent; chance = random ranking", rows, console)
+    for query, hits in zip(recipe.queries, searches):
+        console.print(f"  [bold]{query!r}[/] → " + ", ".join(f"{Path(key).name} ({score:.2f})" for _, score, key in hits[:3]))
+    metrics = {
+        "world": world,
+        "model": recipe.run.model,
+        "train_images": len(result.train_set),
+        "train_steps": result.position.step,
+        "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "checkpoint": str(result.checkpoint),
+        "chance": chance,
+        "untrained": before,
+        "trained": after,
+        "searches": {q: [{"key": key, "score": score} for _, score, key in hits] for q, hits in zip(recipe.queries, searches)},
+        "notes": recipe.notes,
+    }
+    write_json(out / "metrics.json", metrics)
+    console.print(f"wrote {out}/metrics.json, training_curve.png, search_examples.png, checkpoints/, index/")
+    return metrics
+
+
+def _load_eval_sets(recipe: Recipe, held_out: ImageTextSet | None) -> tuple[dict[str, ImageTextSet], dict[str, ImageTextSet]]:
+    def load(spec: Any) -> ImageTextSet:
+        if spec == "held-out":
+            if held_out is None:
+                raise ValueError("the recipe asks for the held-out split but the run has none")
+            return held_out
+        return load_data_spec(spec)
+
+    return ({label: load(spec) for label, spec in recipe.retrieval_sets.items()},
+            {label: load(spec) for label, spec in recipe.zero_shot_sets.items()})
+
+
+@torch.no_grad()
+def _run_searches(model: DualEncoder, tokenizer: TextTokenizer, index: VectorIndex, images: ImageTextSet,
+                  queries: list[str], k: int = 5) -> list[list[tuple[Any, float, str]]]:
+    device = next(model.parameters()).device
+    tokens = {key: value.to(device) for key, value in tokenizer(queries).items()}
+    query_vectors = F.normalize(model.encode_text(**tokens).float(), dim=-1).cpu().numpy()
+    by_key = {record.key: i for i, record in enumerate(images.records)}
+    return [[(images.image(by_key[hit.key]), hit.score, hit.key) for hit in hits]
+            for hits in index.search(query_vectors, k=k)]

@@ -1,0 +1,82 @@
+"""What a person looks at: terminal tables (rich) and PNG figures (matplotlib, headless)."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+from PIL import Image  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from polymodal.train.metrics_log import MetricsLog  # noqa: E402
+
+
+def print_table(title: str, rows: Sequence[Mapping[str, object]], console: Console | None = None) -> None:
+    """Rows of dicts with the same keys → one table; floats shown with 2 decimals."""
+    if not rows:
+        return
+    table = Table(title=title, title_justify="left")
+    columns = list(rows[0].keys())
+    for column in columns:
+        table.add_column(column, justify="left" if column == columns[0] else "right")
+    for row in rows:
+        table.add_row(*(f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+    (console or Console()).print(table)
+
+
+def plot_training_curve(metrics_jsonl: str | Path, out_png: str | Path) -> Path | None:
+    """Loss per step (left axis) and validation R@1 per epoch (right axis) from a run's ``metrics.jsonl``.
+
+    A resumed run repeats some steps in the log; the last record of each step wins.
+    """
+    records = MetricsLog(metrics_jsonl).read()
+    train = {r["step"]: r for r in records if "loss" in r}
+    val = {r["step"]: r for r in records if any(k.startswith("val/") for k in r)}
+    if not train:
+        return None
+    figure, loss_axis = plt.subplots(figsize=(7, 4), dpi=120)
+    steps = sorted(train)
+    loss_axis.plot(steps, [train[s]["loss"] for s in steps], color="tab:blue", label="training loss")
+    loss_axis.set_xlabel("optimizer step")
+    loss_axis.set_ylabel("contrastive loss", color="tab:blue")
+    if val:
+        recall_axis = loss_axis.twinx()
+        val_steps = sorted(val)
+        for key, color in (("val/text_to_image_R@1", "tab:red"), ("val/image_to_text_R@1", "tab:orange")):
+            if key in val[val_steps[0]]:
+                recall_axis.plot(val_steps, [val[s][key] for s in val_steps], "o-", color=color, label=key[4:])
+        recall_axis.set_ylabel("validation recall@1 (%)", color="tab:red")
+        recall_axis.legend(loc="center right", fontsize=8)
+    loss_axis.set_title("training curve")
+    figure.tight_layout()
+    out_png = Path(out_png)
+    figure.savefig(out_png)
+    plt.close(figure)
+    return out_png
+
+
+def plot_search_grid(
+    queries: Sequence[str], results: Sequence[Sequence[tuple[Image.Image, float]]], out_png: str | Path
+) -> Path:
+    """One row per text query: the query above its top-k images with their cosine scores."""
+    columns = max(len(hits) for hits in results)
+    figure, axes = plt.subplots(len(queries), columns, figsize=(1.9 * columns, 2.2 * len(queries)), dpi=110,
+                                squeeze=False)
+    for row, (query, hits) in enumerate(zip(queries, results)):
+        for column in range(columns):
+            axis = axes[row][column]
+            axis.axis("off")
+            if column < len(hits):
+                image, score = hits[column]
+                axis.imshow(image)
+                axis.set_title(f"{score:.3f}", fontsize=8)
+        axes[row][0].text(0, -0.32, f"“{query}”", transform=axes[row][0].transAxes, fontsize=10, weight="bold")
+    figure.tight_layout(h_pad=2.2)
+    out_png = Path(out_png)
+    figure.savefig(out_png)
+    plt.close(figure)
+    return out_png

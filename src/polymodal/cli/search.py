@@ -1,0 +1,57 @@
+"""``polymodal search "text" --index DIR`` or ``polymodal search --image PATH --index DIR``."""
+from __future__ import annotations
+
+import argparse
+
+HELP = """\
+Search an index built by `polymodal index build` with a text query or an example image. The query is
+embedded by the checkpoint recorded in the index (or --checkpoint). Prints rank, score (cosine) and key.
+
+  polymodal search "a red circle left of a blue square" --index runs/x/index
+  polymodal search --image query.png --index runs/x/index -k 10 --json
+"""
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    parser = verbs.add_parser("search", help="text→image or image→image search", description=HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("query", nargs="?", help="text query")
+    parser.add_argument("--image", help="image file to search with instead of text")
+    parser.add_argument("--index", required=True, help="index directory")
+    parser.add_argument("--checkpoint", help="model to embed the query (default: the one recorded in the index)")
+    parser.add_argument("-k", type=int, default=5, help="number of results")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--device", default="auto")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from polymodal.cli.common import load_checkpoint, print_json
+    from polymodal.cli.report import print_table
+    from polymodal.data.records import open_rgb
+    from polymodal.index import VectorIndex
+
+    if (args.query is None) == (args.image is None):
+        raise ValueError("give either a text query or --image PATH (not both)")
+    index = VectorIndex.load(args.index)
+    checkpoint = args.checkpoint or index.checkpoint
+    if not checkpoint:
+        raise ValueError(f"{args.index} records no checkpoint; pass --checkpoint")
+    loaded = load_checkpoint(checkpoint, args.device)
+    device = next(loaded.model.parameters()).device
+    with torch.no_grad():
+        if args.image is not None:
+            pixels = loaded.transform(open_rgb(args.image)).unsqueeze(0).to(device)
+            query = loaded.model.encode_image(pixels)
+        else:
+            tokens = {k: v.to(device) for k, v in loaded.tokenizer([args.query]).items()}
+            query = loaded.model.encode_text(**tokens)
+    hits = index.search(query.float().cpu().numpy(), k=args.k)[0]
+    rows = [{"rank": rank, "score": hit.score, "key": hit.key} for rank, hit in enumerate(hits, start=1)]
+    if args.json:
+        print_json({"query": args.query or args.image, "results": rows})
+    else:
+        print_table(f"results for {args.query or args.image!r}", rows)
+    return 0

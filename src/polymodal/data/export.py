@@ -1,0 +1,182 @@
+"""Write any :class:`ImageTextSet` (and question/answer records) to files in real, widely read formats.
+
+* ``export_jsonl``: ``images/*.png`` + ``pairs.jsonl``, one ``{"image", "caption", "label"}`` row per caption.
+* ``export_coco``: ``images/*.png`` + ``captions.json`` in the COCO captions layout.
+* ``export_vqa``: ``images/*.png`` + ``questions.json`` and ``annotations.json`` in the VQA v2 layout.
+
+Image files are named by their 1-based image id (``images/000001.png``), never by the record key: keys are
+arbitrary strings (absolute paths, ``shapes/train/000001``) and would make unsafe or clashing file names.
+Every file is written to a temporary name and renamed into place, so an interrupted export never leaves a
+torn file behind.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from tqdm import tqdm
+
+from polymodal.data.records import DataError, ImageTextSet
+
+# Below this many images a progress bar is noise.
+PROGRESS_MIN_IMAGES = 100
+# Real VQA v2 annotations carry ten human answers per question; generated data has one truth, repeated.
+VQA_ANSWERS_PER_QUESTION = 10
+
+
+class VQARecord(Protocol):
+    """A question about the image whose record key is ``key`` (e.g. :class:`polymodal.data.shapes.VQAItem`)."""
+
+    key: str
+    question: str
+    answer: str
+    question_type: str
+    answer_type: str
+
+
+def export_jsonl(dataset: ImageTextSet, out_dir: str | Path, *, overwrite: bool = False, progress: bool = True) -> Path:
+    """Write ``dataset`` as PNG images plus ``pairs.jsonl``; returns the JSONL path.
+
+    Each caption becomes one row ``{"image": "images/000001.png", "caption": ..., "label": ...}`` (``label``
+    only for labelled records), image paths relative to the JSONL file. A record without captions still
+    gets one row, without ``caption``, so label-only sets keep their labels.
+    """
+    out = _prepare(out_dir, overwrite)
+    images = _write_images(dataset, out, progress)
+    lines = []
+    for record, image in zip(dataset.records, images):
+        extra = {} if record.label is None else {"label": record.label}
+        for caption in record.captions or (None,):
+            row = {"image": image["file_name"]} | ({} if caption is None else {"caption": caption}) | extra
+            lines.append(json.dumps(row, ensure_ascii=False))
+    path = out / "pairs.jsonl"
+    _atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    return path
+
+
+def export_coco(dataset: ImageTextSet, out_dir: str | Path, *, overwrite: bool = False, progress: bool = True) -> Path:
+    """Write ``dataset`` as PNG images plus ``captions.json`` (COCO captions format); returns the JSON path.
+
+    ``images`` holds ``id``/``file_name``/``width``/``height`` (file names relative to the JSON file) and
+    ``annotations`` one ``id``/``image_id``/``caption`` entry per caption; ids start at 1.
+    """
+    out = _prepare(out_dir, overwrite)
+    images = _write_images(dataset, out, progress)
+    annotations = []
+    for record, image in zip(dataset.records, images):
+        for caption in record.captions:
+            annotations.append({"id": len(annotations) + 1, "image_id": image["id"], "caption": caption})
+    coco = {
+        "info": {"description": dataset.name, "version": "1.0"},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+    }
+    path = out / "captions.json"
+    _atomic_write_json(path, coco)
+    return path
+
+
+def export_vqa(
+    dataset: ImageTextSet,
+    items: Sequence[VQARecord],
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write the images of ``dataset`` and the questions ``items`` in VQA v2 format; returns ``out_dir``.
+
+    ``questions.json`` holds ``{"questions": [{"image_id", "question", "question_id"}]}`` and
+    ``annotations.json`` ``{"annotations": [{"question_id", "image_id", "question_type", "answer_type",
+    "multiple_choice_answer", "answers": [...10 x {"answer", "answer_confidence", "answer_id"}]}]}``.
+    Both also list the ``images`` (id and file name), which VQA readers ignore, so the export is
+    self-contained. Every item's ``key`` must be the key of a record in ``dataset``.
+
+    Raises:
+        DataError: an item refers to an image key that is not in ``dataset``.
+    """
+    image_ids = {record.key: i + 1 for i, record in enumerate(dataset.records)}
+    for number, item in enumerate(items):
+        if item.key not in image_ids:
+            raise DataError("VQA items", number, f"image key {item.key!r} is not in dataset {dataset.name!r}")
+    out = _prepare(out_dir, overwrite)
+    images = _write_images(dataset, out, progress)
+    questions, annotations = [], []
+    for question_id, item in enumerate(items, start=1):
+        image_id = image_ids[item.key]
+        questions.append({"image_id": image_id, "question": item.question, "question_id": question_id})
+        answers = [
+            {"answer": item.answer, "answer_confidence": "yes", "answer_id": answer_id}
+            for answer_id in range(1, VQA_ANSWERS_PER_QUESTION + 1)
+        ]
+        annotations.append(
+            {
+                "question_id": question_id,
+                "image_id": image_id,
+                "question_type": item.question_type,
+                "answer_type": item.answer_type,
+                "multiple_choice_answer": item.answer,
+                "answers": answers,
+            }
+        )
+    header = {"info": {"description": dataset.name, "version": "1.0"}, "task_type": "Open-Ended", "license": {}}
+    _atomic_write_json(out / "questions.json", header | {"images": images, "questions": questions})
+    _atomic_write_json(out / "annotations.json", header | {"images": images, "annotations": annotations})
+    return out
+
+
+def _prepare(out_dir: str | Path, overwrite: bool) -> Path:
+    """Create ``out_dir`` (and ``images/``); refuse a non-empty directory unless ``overwrite``.
+
+    With ``overwrite`` files of the same name are replaced; nothing is deleted, so a smaller export into an
+    old folder leaves the old extra images beside files that no longer mention them.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: output path exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"{out}: output directory exists and is not empty; pass overwrite=True to write into it")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _write_images(dataset: ImageTextSet, out: Path, progress: bool) -> list[dict[str, Any]]:
+    """Save every record's image as ``images/{id:06d}.png``; returns COCO-style image entries in record order."""
+    entries = []
+    records = tqdm(
+        dataset.records,
+        desc=f"writing {dataset.name} images",
+        unit="img",
+        disable=not progress or len(dataset) < PROGRESS_MIN_IMAGES,
+    )
+    for image_id, record in enumerate(records, start=1):
+        image = dataset.load_image(record).convert("RGB")
+        file_name = f"images/{image_id:06d}.png"
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        _atomic_write(out / file_name, buffer.getvalue())
+        entries.append({"id": image_id, "file_name": file_name, "width": image.width, "height": image.height})
+    return entries
+
+
+def _atomic_write_json(path: Path, value: Any) -> None:
+    _atomic_write(path, json.dumps(value, ensure_ascii=False, indent=1).encode("utf-8"))
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path`` in one step."""
+    # A unique name of our own (not mkstemp, whose files are private) so the result gets the usual permissions.
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(temporary, "xb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

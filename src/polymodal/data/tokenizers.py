@@ -1,0 +1,91 @@
+"""Text → token ids, through HF ``tokenizers``.
+
+One wrapper serves both cases a user meets: a byte-level BPE trained on the training captions (from-scratch
+text towers) and a pretrained tower's own ``tokenizer.json`` (MiniLM's WordPiece). Either way the tokenizer is
+saved as ``tokenizer.json`` beside the checkpoint, so a checkpoint always carries the vocabulary it was trained on.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from polymodal.io import atomic_path
+
+PAD, BOS, EOS, UNK, MASK = "<pad>", "<bos>", "<eos>", "<unk>", "<mask>"
+
+
+class TextTokenizer:
+    """Pads/truncates to ``context_length`` and returns ``{"input_ids", "attention_mask"}`` tensors.
+
+    Args:
+        tokenizer: an HF ``tokenizers.Tokenizer`` whose post-processor adds the special tokens the text tower
+            expects (``<bos> … <eos>`` for our BPE, ``[CLS] … [SEP]`` for MiniLM).
+        context_length: every batch is padded or truncated to this many tokens.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, context_length: int) -> None:
+        if context_length < 2:
+            raise ValueError(f"context_length must be >= 2, got {context_length}")
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+        pad_token = PAD if tokenizer.token_to_id(PAD) is not None else "[PAD]"
+        pad_id = tokenizer.token_to_id(pad_token)
+        if pad_id is None:
+            raise ValueError("the tokenizer has neither a <pad> nor a [PAD] token")
+        self.pad_id = pad_id
+        # Fixed-length padding keeps every batch the same shape, which the position embeddings need.
+        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token, length=context_length)
+        self.tokenizer.enable_truncation(max_length=context_length)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def __call__(self, texts: str | Sequence[str]) -> dict[str, torch.Tensor]:
+        if isinstance(texts, str):
+            texts = [texts]
+        encodings = self.tokenizer.encode_batch(list(texts))
+        input_ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)  # (B, L)
+        attention_mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)  # (B, L)
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    @classmethod
+    def train_bpe(
+        cls, texts: Iterable[str], vocab_size: int = 4096, context_length: int = 32, min_frequency: int = 2
+    ) -> "TextTokenizer":
+        """Train a lower-cased byte-level BPE on ``texts`` (the training captions)."""
+        tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+        tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=[PAD, BOS, EOS, UNK, MASK],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tokenizer.train_from_iterator(texts, trainer=trainer)
+        bos, eos = tokenizer.token_to_id(BOS), tokenizer.token_to_id(EOS)
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{BOS} $A {EOS}", special_tokens=[(BOS, bos), (EOS, eos)]
+        )
+        return cls(tokenizer, context_length)
+
+    @classmethod
+    def from_file(cls, path: str | Path, context_length: int) -> "TextTokenizer":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer file not found: {path}")
+        return cls(Tokenizer.from_file(str(path)), context_length)
+
+    def save(self, path: str | Path) -> None:
+        """Write ``tokenizer.json`` atomically (temp file + rename)."""
+        with atomic_path(path) as tmp:
+            self.tokenizer.save(str(tmp))

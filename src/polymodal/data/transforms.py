@@ -1,0 +1,42 @@
+"""Image preprocessing: PIL image → normalised float tensor ``(3, H, W)``."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+# CLIP's statistics; pretrained towers bring their own (EfficientNet-Lite: 0.5/0.5).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """What an image tower expects: square side in pixels and per-channel mean/std."""
+
+    image_size: int
+    mean: Sequence[float] = CLIP_MEAN
+    std: Sequence[float] = CLIP_STD
+
+
+def image_transform(preprocess: ImagePreprocess, train: bool = False) -> Callable[[Image.Image], torch.Tensor]:
+    """Resize + centre-crop for evaluation; a mild random resized crop for training.
+
+    No horizontal flip: captions say "left of" / "right of", and a flip would make them false.
+    """
+    size = preprocess.image_size
+    if train:
+        geometry = [v2.RandomResizedCrop(size, scale=(0.85, 1.0), ratio=(0.9, 1.1), antialias=True)]
+    else:
+        geometry = [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            *geometry,
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(preprocess.mean), std=list(preprocess.std)),
+        ]
+    )

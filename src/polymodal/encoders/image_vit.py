@@ -1,0 +1,72 @@
+"""Vision Transformer image encoder (Dosovitskiy et al. 2021), trained from scratch.
+
+Layout and parameter shapes follow timm's ``VisionTransformer`` (class token with its own position
+embedding, pre-norm blocks, final LayerNorm, no pre-norm), so weights map across by renaming keys only.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from polymodal.encoders.base import EncoderOutput
+from polymodal.layers import LearnedPosEmbed2d, PatchEmbed, SinCosPosEmbed2d, Transformer
+
+
+class ViTImageEncoder(nn.Module):
+    """``image (B, C, H, W) -> EncoderOutput(tokens (B, 1 + N, D), pooled (B, D), mask None)``.
+
+    ``tokens`` holds the CLS token first, then the ``N = (H/p)*(W/p)`` patches row-major, all after the final
+    LayerNorm. ``pooled`` is the CLS token (``pool="cls"``) or the mean of the patch tokens (``pool="mean"``,
+    CLS excluded). Any image size divisible by ``patch_size`` works: learned position embeddings are
+    resampled, sin-cos ones recomputed.
+    """
+
+    def __init__(
+        self,
+        image_size: int | tuple[int, int] = 224,
+        patch_size: int = 32,
+        width: int = 768,
+        layers: int = 12,
+        heads: int = 12,
+        mlp_ratio: float = 4.0,
+        pool: Literal["cls", "mean"] = "cls",
+        pos_embed: Literal["learned", "sincos"] = "learned",
+        in_channels: int = 3,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+        image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.width = width
+        self.pool = pool
+        self.patch_embed = PatchEmbed(patch_size, in_channels, width)
+        grid_size = self.patch_embed.grid_size(*image_size)
+        # Near-zero start (timm): the CLS token begins as "no content" and learns what to gather.
+        self.cls_token = nn.Parameter(torch.empty(1, 1, width))
+        nn.init.normal_(self.cls_token, std=1e-6)
+        if pos_embed == "learned":
+            self.pos_embed: nn.Module = LearnedPosEmbed2d(width, grid_size, num_prefix_tokens=1)
+        elif pos_embed == "sincos":
+            self.pos_embed = SinCosPosEmbed2d(width, grid_size, num_prefix_tokens=1)
+        else:
+            raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {pos_embed!r}")
+        self.pos_drop = nn.Dropout(dropout)
+        self.transformer = Transformer(width, layers, heads, mlp_ratio, drop=dropout)
+        self.norm = nn.LayerNorm(width)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations during backward to save memory."""
+        self.transformer.grad_checkpointing = enable
+
+    def forward(self, image: torch.Tensor) -> EncoderOutput:
+        grid_size = self.patch_embed.grid_size(image.shape[-2], image.shape[-1])
+        x = self.patch_embed(image)  # (B, N, D)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
+        x = torch.cat([cls, x], dim=1)  # (B, 1 + N, D)
+        x = self.pos_drop(self.pos_embed(x, grid_size))
+        tokens = self.norm(self.transformer(x))  # (B, 1 + N, D)
+        pooled = tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
+        return EncoderOutput(tokens=tokens, pooled=pooled, mask=None)

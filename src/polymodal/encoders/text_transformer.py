@@ -1,0 +1,77 @@
+"""Transformer text encoder trained from scratch: bidirectional (BERT-like) or causal (CLIP's text tower)."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from polymodal.encoders.base import EncoderOutput
+from polymodal.layers import Transformer, first_token, last_valid_token, masked_mean
+
+
+class TransformerTextEncoder(nn.Module):
+    """``input_ids (B, L), attention_mask (B, L) -> EncoderOutput(tokens (B, L, D), pooled (B, D), mask (B, L))``.
+
+    Token + learned absolute position embeddings, pre-norm blocks that never attend to padding, final
+    LayerNorm. ``pool`` picks the sentence vector:
+
+    - ``"mean"``: mean over real tokens.
+    - ``"cls"``: the first token (the tokenizer must put a CLS/BOS there); needs ``causal=False``.
+    - ``"eos"``: the last real token. With ``causal=True`` this is CLIP's text tower, where the EOS token is
+      the only position that has seen the whole caption.
+
+    Padding must not be attended to, so padded and unpadded copies of a caption give the same ``pooled``.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        context_length: int = 77,
+        width: int = 512,
+        layers: int = 12,
+        heads: int = 8,
+        mlp_ratio: float = 4.0,
+        causal: bool = False,
+        pool: Literal["mean", "cls", "eos"] = "mean",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if pool not in ("mean", "cls", "eos"):
+            raise ValueError(f"pool must be 'mean', 'cls' or 'eos', got {pool!r}")
+        if causal and pool == "cls":
+            # Under a causal mask the first token attends only to itself: it carries no sentence information.
+            raise ValueError("pool='cls' with causal=True would pool a token that has seen nothing else")
+        self.width = width
+        self.context_length = context_length
+        self.causal = causal
+        self.pool = pool
+        self.token_embed = nn.Embedding(vocab_size, width)
+        self.pos_embed = nn.Parameter(torch.empty(context_length, width))
+        # CLIP's initialisation for both tables.
+        nn.init.normal_(self.token_embed.weight, std=0.02)
+        nn.init.normal_(self.pos_embed, std=0.01)
+        self.drop = nn.Dropout(dropout)
+        self.transformer = Transformer(width, layers, heads, mlp_ratio, drop=dropout)
+        self.norm = nn.LayerNorm(width)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations during backward to save memory."""
+        self.transformer.grad_checkpointing = enable
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> EncoderOutput:
+        """``attention_mask``: 1/True = real token, int or bool; None means every position is real."""
+        L = input_ids.shape[1]
+        if L > self.context_length:
+            raise ValueError(f"sequence length {L} exceeds context_length {self.context_length}")
+        mask = None if attention_mask is None else attention_mask.bool()
+        x = self.token_embed(input_ids) + self.pos_embed[:L]  # (B, L, D)
+        x = self.transformer(self.drop(x), mask=mask, causal=self.causal)
+        tokens = self.norm(x)  # (B, L, D)
+        if self.pool == "mean":
+            pooled = masked_mean(tokens, mask)
+        elif self.pool == "cls":
+            pooled = first_token(tokens)
+        else:
+            pooled = last_valid_token(tokens, mask)
+        return EncoderOutput(tokens=tokens, pooled=pooled, mask=mask)

@@ -1,0 +1,136 @@
+"""Model presets (JSON in ``configs/``) → built models: the one registry of polymodal."""
+from __future__ import annotations
+
+import copy
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from polymodal.data.transforms import ImagePreprocess
+from polymodal.heads.projection import LinearProjection, ResidualProjection
+from polymodal.models.dual_encoder import DualEncoder
+
+
+def _preset_files() -> dict[str, Any]:
+    folder = resources.files("polymodal") / "configs"
+    return {entry.name[: -len(".json")]: entry for entry in folder.iterdir() if entry.name.endswith(".json")}
+
+
+def list_models() -> list[str]:
+    """Names of the model presets, e.g. ``["clip-resnet-gru", "clip-small", "clip-tiny", ...]``."""
+    return sorted(_preset_files())
+
+
+def get_model_config(name: str) -> dict[str, Any]:
+    """A deep copy of a preset's config dict."""
+    presets = _preset_files()
+    if name not in presets:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(presets))}")
+    return json.loads(presets[name].read_text(encoding="utf-8"))
+
+
+def apply_overrides(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``config`` with dotted keys set, e.g. ``{"image.layers": 2, "embed_dim": 64}``."""
+    config = copy.deepcopy(config)
+    for dotted, value in overrides.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise KeyError(f"override {dotted!r}: {part!r} is not a section of the config")
+            node = node[part]
+        node[leaf] = value
+    return config
+
+
+def _build_image_encoder(spec: dict[str, Any]) -> tuple[nn.Module, ImagePreprocess]:
+    spec = dict(spec)
+    kind = spec.pop("type")
+    spec.pop("frozen", None)
+    if kind == "efficientnet_lite0":
+        from polymodal.encoders.pretrained import EfficientNetLite0Tower
+
+        tower = EfficientNetLite0Tower(pretrained=spec.pop("pretrained", True), frozen=False)
+        return tower, ImagePreprocess(tower.image_size, tower.mean, tower.std)
+    image_size = spec["image_size"] if kind == "vit" else spec.pop("image_size")
+    if kind == "vit":
+        from polymodal.encoders.image_vit import ViTImageEncoder
+
+        return ViTImageEncoder(**spec), ImagePreprocess(image_size)
+    if kind == "resnet":
+        from polymodal.encoders.image_cnn import ResNetImageEncoder
+
+        return ResNetImageEncoder(**spec), ImagePreprocess(image_size)
+    raise ValueError(f"image.type {kind!r} is not one of: vit, resnet, efficientnet_lite0")
+
+
+def _build_text_encoder(spec: dict[str, Any]) -> nn.Module:
+    spec = dict(spec)
+    kind = spec.pop("type")
+    spec.pop("frozen", None)
+    if kind == "minilm":
+        from polymodal.encoders.pretrained import MiniLMTextTower
+
+        return MiniLMTextTower(frozen=False)
+    if kind == "transformer":
+        from polymodal.encoders.text_transformer import TransformerTextEncoder
+
+        return TransformerTextEncoder(**spec)
+    if kind == "gru":
+        from polymodal.encoders.text_rnn import GRUTextEncoder
+
+        spec.pop("context_length", None)
+        return GRUTextEncoder(**spec)
+    raise ValueError(f"text.type {kind!r} is not one of: transformer, gru, minilm")
+
+
+def build_model(config: dict[str, Any]) -> DualEncoder:
+    """Build a :class:`DualEncoder` from a config dict (a preset's JSON, possibly overridden)."""
+    for section in ("embed_dim", "image", "text"):
+        if section not in config:
+            raise KeyError(f"model config is missing {section!r}")
+    image_encoder, preprocess = _build_image_encoder(config["image"])
+    text_encoder = _build_text_encoder(config["text"])
+    embed_dim = int(config["embed_dim"])
+    bridge = config.get("bridge")
+    if bridge is not None:
+        from polymodal.heads.bridge_head import build_conse_image_head
+
+        image_head = build_conse_image_head(image_encoder, text_encoder, embed_dim, **{k: v for k, v in bridge.items() if k != "type"})
+        text_head: nn.Module = ResidualProjection(embed_dim)
+    else:
+        image_head = LinearProjection(image_encoder.width, embed_dim)
+        text_head = LinearProjection(text_encoder.width, embed_dim)
+    model = DualEncoder(
+        image_encoder,
+        text_encoder,
+        image_head,
+        text_head,
+        init_logit_scale=config.get("init_logit_scale", 2.6593),
+        init_logit_bias=config.get("init_logit_bias"),
+        freeze_image=bool(config["image"].get("frozen", False)),
+        freeze_text=bool(config["text"].get("frozen", False)),
+    )
+    model.config = copy.deepcopy(config)
+    model.preprocess = preprocess
+    return model
+
+
+def create_model(
+    name_or_config: str | dict[str, Any], pretrained: str | Path | None = None, **overrides: Any
+) -> DualEncoder:
+    """Build a model from a preset name or config dict; ``pretrained`` is a polymodal checkpoint directory.
+
+    ``overrides`` use dotted keys written with ``__`` in Python (``image__layers=2``) or passed as a dict of
+    dotted keys via ``apply_overrides``.
+    """
+    if pretrained is not None:
+        from polymodal.train.checkpoint import load_model
+
+        return load_model(pretrained, **overrides)
+    config = get_model_config(name_or_config) if isinstance(name_or_config, str) else copy.deepcopy(name_or_config)
+    config = apply_overrides(config, {key.replace("__", "."): value for key, value in overrides.items()})
+    return build_model(config)

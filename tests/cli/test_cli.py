@@ -1,0 +1,107 @@
+"""Every verb end to end, in the order a user runs them, on data exported from the generated world."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+def polymodal(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "polymodal.cli", *args], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_model_config) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    for split, size in (("train", 512), ("val", 96)):
+        done = polymodal("data", "export", "shapes", "--split", split, "--size", str(size), "--to",
+                         str(root / split), "--format", "jsonl")
+        assert done.returncode == 0, done.stderr
+    config = {
+        "model": tiny_model_config,
+        "data": {"train": str(root / "train" / "pairs.jsonl"), "val": str(root / "val" / "pairs.jsonl")},
+        "train": {"epochs": 2, "batch_size": 64, "lr": 2e-3, "warmup_steps": 2, "checkpoint_every": 4,
+                  "precision": "fp32"},
+        "out": str(root / "run"),
+    }
+    (root / "run.yaml").write_text(yaml.safe_dump(config))
+    done = polymodal("train", str(root / "run.yaml"), "--set", "train.epochs=3", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+def test_train_writes_checkpoint_log_and_curve(workspace):
+    run = workspace / "run"
+    assert (run / "checkpoints" / "latest").is_file()
+    assert (run / "training_curve.png").stat().st_size > 1000
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 3 * (512 // 64), "--set train.epochs=3 took effect"
+
+
+def test_eval_json_on_any_pairs_file(workspace):
+    done = polymodal("eval", str(workspace / "run"), "--data", str(workspace / "val" / "pairs.jsonl"), "--json")
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads(done.stdout)
+    for key in ("image_to_text_R@1", "text_to_image_R@5", "text_to_image_R@10", "text_to_image_median_rank"):
+        assert key in metrics
+    assert metrics["images"] == 96 and 0 <= metrics["text_to_image_R@1"] <= 100
+
+
+def test_embed_index_and_search_by_text_and_image(workspace):
+    emb, index = workspace / "emb", workspace / "index"
+    done = polymodal("embed", str(workspace / "run"), "--data", str(workspace / "val" / "pairs.jsonl"), "--out", str(emb))
+    assert done.returncode == 0, done.stderr
+    done = polymodal("index", "build", str(emb), "--out", str(index))
+    assert done.returncode == 0, done.stderr
+    done = polymodal("search", "a red circle left of a blue square", "--index", str(index), "--json", "-k", "3")
+    assert done.returncode == 0, done.stderr
+    hits = json.loads(done.stdout)["results"]
+    assert len(hits) == 3 and all(Path(hit["key"]).is_file() for hit in hits)
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    query_image = hits[0]["key"]
+    done = polymodal("search", "--image", query_image, "--index", str(index), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["results"][0]["key"] == query_image, "an indexed image finds itself first"
+
+
+def test_data_list_names_every_dataset():
+    done = polymodal("data", "list")
+    assert done.returncode == 0, done.stderr
+    for name in ("openmoji", "easy-vqa", "animal-shapes", "skimage-photos", "shapes"):
+        assert name in done.stdout
+
+
+def test_help_teaches_every_verb():
+    for verb in ("quickstart", "train", "eval", "embed", "index", "search", "data"):
+        done = polymodal(verb, "--help")
+        assert done.returncode == 0 and "usage: polymodal" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("train", "missing.yaml"), "config file not found: missing.yaml"),
+        (("train", "--set", "train.nope=1"), "unknown key(s) ['nope']"),
+        (("train", "--set", "model=not-a-model"), "unknown model 'not-a-model'"),
+        (("eval", "no/such/run"), "no checkpoint at no/such/run"),
+        (("search", "x", "--index", "no/such/index"), "no/such/index"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(args, message, tmp_path):
+    done = polymodal(*args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_eval_names_file_and_line_of_a_malformed_row(workspace, tmp_path):
+    rows = (workspace / "val" / "pairs.jsonl").read_text().splitlines()
+    bad = tmp_path / "bad.jsonl"
+    image = str((workspace / "val" / json.loads(rows[0])["image"]).resolve())
+    bad.write_text(json.dumps({"image": image, "caption": "ok"}) + "\n" + "{not json\n")
+    done = polymodal("eval", str(workspace / "run"), "--data", str(bad), "--json")
+    assert done.returncode == 2 and f"{bad}" in done.stderr and "line 2" in done.stderr
+    done = polymodal("eval", str(workspace / "run"), "--data", str(bad), "--skip-bad", "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["skipped"] == 1

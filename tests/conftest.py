@@ -1,0 +1,20 @@
+import copy
+
+import pytest
+
+# A ViT + Transformer small enough that a CPU trains it on 32x32 scenes in seconds.
+TINY_MODEL = {
+    "description": "test model",
+    "embed_dim": 64,
+    "loss": "clip",
+    "init_logit_scale": 2.6593,
+    "image": {"type": "vit", "image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "heads": 4,
+              "mlp_ratio": 2.0, "pool": "mean"},
+    "text": {"type": "transformer", "context_length": 24, "vocab_size": 512, "width": 64, "layers": 2,
+             "heads": 4, "mlp_ratio": 2.0, "pool": "mean"},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_config() -> dict:
+    return copy.deepcopy(TINY_MODEL)
