@@ -87,8 +87,11 @@ def _build_text_encoder(spec: dict[str, Any]) -> nn.Module:
     raise ValueError(f"text.type {kind!r} is not one of: transformer, gru, minilm")
 
 
-def build_model(config: dict[str, Any]) -> DualEncoder:
-    """Build a :class:`DualEncoder` from a config dict (a preset's JSON, possibly overridden)."""
+def build_model(config: dict[str, Any], for_loading: bool = False) -> DualEncoder:
+    """Build a :class:`DualEncoder` from a config dict (a preset's JSON, possibly overridden).
+
+    ``for_loading=True`` skips work whose result a checkpoint is about to overwrite (derived buffers).
+    """
     for section in ("embed_dim", "image", "text"):
         if section not in config:
             raise KeyError(f"model config is missing {section!r}")
@@ -99,7 +102,12 @@ def build_model(config: dict[str, Any]) -> DualEncoder:
     if bridge is not None:
         from polymodal.heads.bridge_head import build_conse_image_head
 
-        image_head = build_conse_image_head(image_encoder, text_encoder, embed_dim, **{k: v for k, v in bridge.items() if k != "type"})
+        options = {key: value for key, value in bridge.items() if key != "type"}
+        if bridge.get("type") != "conse":
+            raise ValueError(f"bridge.type {bridge.get('type')!r} is not one of: conse")
+        image_head = build_conse_image_head(
+            image_encoder, text_encoder, embed_dim, embed_class_names=not for_loading, **options
+        )
         text_head: nn.Module = ResidualProjection(embed_dim)
     else:
         image_head = LinearProjection(image_encoder.width, embed_dim)

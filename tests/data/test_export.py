@@ -43,7 +43,7 @@ def test_jsonl_round_trip(dataset: ImageTextSet, tmp_path: Path) -> None:
     for index, (image, captions) in enumerate(by_image.items()):
         record = dataset.records[index]
         assert tuple(captions) == record.captions
-        assert all(row["label"] == record.label for row in rows if row["image"] == image)
+        assert all(row["label"] == dataset.class_names[record.label] for row in rows if row["image"] == image)
         assert np.array_equal(_pixels(path.parent / image), np.asarray(dataset.image(index)))
     assert _no_temporaries(path.parent)
 
@@ -108,12 +108,12 @@ def test_any_image_text_set_with_awkward_keys(tmp_path: Path) -> None:
     dataset = ImageTextSet("odd", records, load_image=lambda r: Image.new("RGB", (8, 6), colours[r.key]))
     path = export_jsonl(dataset, tmp_path / "odd")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    assert [row.get("caption") for row in rows] == ["a cat", "a dog", "a puppy", None]
-    assert [row["label"] for row in rows] == [0, 1, 1, 1]
+    # No class names, so labels stay indices; the caption-less record has an image but no row.
+    assert [(row["caption"], row["label"]) for row in rows] == [("a cat", 0), ("a dog", 1), ("a puppy", 1)]
     assert sorted(p.name for p in (tmp_path / "odd").rglob("*")) == [
         "000001.png", "000002.png", "000003.png", "images", "pairs.jsonl"
     ]
-    assert _pixels(path.parent / rows[-1]["image"])[0, 0].tolist() == [0, 0, 255]
+    assert _pixels(path.parent / rows[-1]["image"])[0, 0].tolist() == [0, 255, 0]
 
 
 def test_failed_export_leaves_no_torn_files(tmp_path: Path) -> None:
@@ -127,3 +127,15 @@ def test_failed_export_leaves_no_torn_files(tmp_path: Path) -> None:
         export_coco(dataset, tmp_path / "broken")
     assert not (tmp_path / "broken" / "captions.json").exists()
     assert _no_temporaries(tmp_path / "broken")
+
+
+def test_polymodal_readers_read_the_exports_back(dataset: ImageTextSet, tmp_path: Path) -> None:
+    from polymodal.data.readers import read_coco_captions, read_pairs_jsonl
+
+    pairs = read_pairs_jsonl(export_jsonl(dataset, tmp_path / "jsonl"))
+    coco = read_coco_captions(export_coco(dataset, tmp_path / "coco"))
+    for copy in (pairs, coco):
+        assert [r.captions for r in copy.records] == [r.captions for r in dataset.records]
+        assert np.array_equal(np.asarray(copy.image(2)), np.asarray(dataset.image(2)))
+    names = [pairs.class_names[r.label] for r in pairs.records]
+    assert names == [dataset.class_names[r.label] for r in dataset.records]

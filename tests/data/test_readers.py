@@ -138,11 +138,25 @@ def test_csv_groups_captions_and_reads_labels(images: Path) -> None:
 
 
 def test_csv_bad_rows_name_the_line(images: Path) -> None:
-    path = _csv(images / "bad.csv", ["image", "caption"], [["img/a.png", "ok"], ["img/missing.png", "x"], ["img/b.png"]])
+    rows = [["img/a.png", "ok"], ["img/missing.png", "x"], ["img/b.png"]]  # the last row lacks its caption
+    path = _csv(images / "bad.csv", ["image", "caption"], rows)
     with pytest.raises(DataError, match=r"bad\.csv, line 3: image not found"):
         read_pairs_csv(path)
     data = read_pairs_csv(path, skip_bad=True)
     assert len(data) == 1 and data.skipped == 2
+
+
+def test_csv_with_excel_byte_order_mark(images: Path) -> None:
+    path = images / "excel.csv"
+    path.write_bytes("image,caption\r\nimg/a.png,red\r\n".encode("utf-8-sig"))
+    assert read_pairs_csv(path).records[0].captions == ("red",)
+
+
+def test_non_utf8_file_is_a_data_error(images: Path) -> None:
+    path = images / "latin1.jsonl"
+    path.write_bytes('{"image": "img/a.png", "caption": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8 text"):
+        read_pairs_jsonl(path)
 
 
 def test_csv_header_without_caption_column_is_fatal(images: Path) -> None:
@@ -177,6 +191,8 @@ def test_coco_groups_annotations_by_image(images: Path) -> None:
         ({"id": 2, "file_name": "missing.png"}, {"image_id": 2, "caption": "x"}, "images[1]", "image not found"),
         ({"id": 2, "file_name": "corrupt.png"}, {"image_id": 2, "caption": "x"}, "images[1]", "cannot be read"),
         ({"id": 2}, {"image_id": 1, "caption": "x"}, "images[1]", "missing field 'file_name'"),
+        ({"id": [2], "file_name": "b.png"}, {"image_id": 1, "caption": "x"}, "images[1]", "missing field 'id'"),
+        ({"id": 2, "file_name": "b.png"}, {"image_id": [2], "caption": "x"}, "annotations[1]", "not in 'images'"),
         ({"id": 2, "file_name": "b.png"}, {"image_id": 5, "caption": "x"}, "annotations[1]", "not in 'images'"),
         ({"id": 2, "file_name": "b.png"}, {"image_id": 2, "caption": ""}, "annotations[1]", "empty 'caption'"),
     ],
@@ -250,6 +266,7 @@ def test_image_folder_classes_captions_and_labels(tmp_path: Path) -> None:
         ("2.jpg", 0, ("a photo of a cat.",)),
         ("1.png", 2, ("a photo of a golden retriever.",)),
     ]
+    assert [r.group for r in data.records] == ["cat", "cat", "golden retriever"]
     assert read_image_folder(tmp_path / "pets", template="{}").records[0].captions == ("cat",)
 
 

@@ -5,7 +5,7 @@ from torch import nn
 
 
 def fit(
-    encoder: nn.Module, inputs: dict, labels: torch.Tensor, steps: int = 40, lr: float = 3e-3
+    encoder: nn.Module, inputs: dict, labels: torch.Tensor, steps: int = 20, lr: float = 3e-3
 ) -> tuple[float, float]:
     """Train encoder + linear head with Adam on one fixed batch; return (first loss, last loss)."""
     head = nn.Linear(encoder.width, int(labels.max()) + 1)

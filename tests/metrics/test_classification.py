@@ -16,7 +16,8 @@ def test_hand_computed_case() -> None:
         ]
     )
     labels = torch.tensor([1, 2, 3])
-    assert topk_accuracy(logits, labels, ks=(1, 2, 3)) == pytest.approx({"top1": 100 / 3, "top2": 200 / 3, "top3": 200 / 3})
+    expected = {"top1": 100 / 3, "top2": 200 / 3, "top3": 200 / 3}
+    assert topk_accuracy(logits, labels, ks=(1, 2, 3)) == pytest.approx(expected)
 
 
 def test_default_keys_and_k_clipped_to_the_number_of_classes() -> None:

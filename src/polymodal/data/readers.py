@@ -15,6 +15,7 @@ import csv
 import json
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from PIL import Image
 from polymodal.data.records import DataError, ImageTextRecord, ImageTextSet
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
-_INT_LABEL = re.compile(r"-?\d+")
+_INT_LABEL = re.compile(r"[0-9]+")
 
 
 def verify_image(path: Path) -> str | None:
@@ -112,12 +113,12 @@ def _text(entry: Any, field: str) -> str:
 
 
 def _label(value: Any) -> int | str | None:
-    """A class index (non-negative int, or a digit string from CSV) or a class name; empty means none."""
+    """A class index (a non-negative int, or a string of digits as CSV gives) or a class name; empty: none."""
     if value is None or value == "":
         return None
     if isinstance(value, str):
         value = value.strip()
-        return int(value) if _INT_LABEL.fullmatch(value) and int(value) >= 0 else value
+        return int(value) if _INT_LABEL.fullmatch(value) else value
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     raise ValueError(f"label must be a class name or a non-negative integer, got {value!r}")
@@ -153,20 +154,20 @@ def read_pairs_jsonl(path: str | Path, skip_bad: bool = False) -> ImageTextSet:
     """Read a JSON-lines file of ``{"image": path, "caption": text, "label"?: name | index}`` rows.
 
     Image paths are relative to the JSONL file's folder (absolute paths allowed). Rows naming the same image
-    become one record with several captions. Blank lines are ignored.
+    become one record with several captions. Blank lines are ignored. Labels are class indices (integers or
+    strings of digits) or class names, one kind per file; names become sorted ``class_names``.
     """
     path = _existing_file(path)
     builder = _Builder(path, skip_bad)
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                builder.reject(number, f"not valid JSON ({error.msg}, column {error.colno})")
-                continue
-            _add_pair(builder, number, row, path.parent)
+    for number, line in enumerate(_text_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            builder.reject(number, f"not valid JSON ({error.msg}, column {error.colno})")
+            continue
+        _add_pair(builder, number, row, path.parent)
     return builder.result(path.stem)
 
 
@@ -177,22 +178,29 @@ def read_pairs_csv(path: str | Path, skip_bad: bool = False) -> ImageTextSet:
     """
     path = _existing_file(path)
     builder = _Builder(path, skip_bad)
-    with path.open(encoding="utf-8", newline="") as stream:
-        reader = csv.DictReader(stream)
-        missing = [c for c in ("image", "caption") if c not in (reader.fieldnames or [])]
-        if missing:
-            # A bad header makes every row unreadable, so it is fatal even with skip_bad.
-            raise DataError(path, 1, f"header lacks column(s) {missing}; found {reader.fieldnames}")
-        for row in reader:
-            _add_pair(builder, reader.line_num, row, path.parent)
+    reader = csv.DictReader(_text_lines(path))
+    missing = [c for c in ("image", "caption") if c not in (reader.fieldnames or [])]
+    if missing:
+        # A bad header makes every row unreadable, so it is fatal even with skip_bad.
+        raise DataError(path, 1, f"header lacks column(s) {missing}; found {reader.fieldnames}")
+    for row in reader:
+        _add_pair(builder, reader.line_num, row, path.parent)
     return builder.result(path.stem)
+
+
+def _text_lines(path: Path) -> list[str]:
+    """The file's lines (newlines kept, for the csv module); a UTF-8 byte-order mark (Excel's CSVs) is dropped."""
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines(keepends=True)
+    except UnicodeDecodeError as error:
+        raise DataError(path, None, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
 def _load_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(path, None, f"not valid JSON ({error})") from None
+        return json.loads("".join(_text_lines(path)))
+    except json.JSONDecodeError as error:
+        raise DataError(path, None, f"not valid JSON ({error.msg} at line {error.lineno})") from None
 
 
 def _entries(data: Any, path: Path, field: str) -> list[Any]:
@@ -225,8 +233,8 @@ def _coco_from_data(data: Any, path: Path, image_dir: str | Path | None, skip_ba
         where = f"images[{i}]"
         try:
             file_name = _text(entry, "file_name")
-            if "id" not in entry:
-                raise ValueError("missing field 'id'")
+            if not isinstance(entry.get("id"), (int, str)):
+                raise ValueError("missing field 'id' (an integer or string)")
             if entry["id"] in files:
                 raise ValueError(f"duplicate image id {entry['id']!r}")
         except ValueError as error:
@@ -237,7 +245,7 @@ def _coco_from_data(data: Any, path: Path, image_dir: str | Path | None, skip_ba
     for j, entry in enumerate(_entries(data, path, "annotations")):
         try:
             caption = _text(entry, "caption")
-            if entry.get("image_id") not in files:
+            if not isinstance(entry.get("image_id"), (int, str)) or entry["image_id"] not in files:
                 raise ValueError(f"image_id {entry.get('image_id')!r} is not in 'images'")
         except ValueError as error:
             builder.reject(f"annotations[{j}]", str(error))
@@ -311,8 +319,8 @@ def read_image_folder(
     """Read the ImageFolder layout: ``root/<class>/<image>``, one folder per class.
 
     Class names come from the folder names (sorted, as torchvision does, underscores shown as spaces); each
-    image gets one caption, ``template.format(class name)``, and its class index as ``label``. Files whose
-    suffix is not an image suffix are ignored.
+    image gets one caption, ``template.format(class name)``, its class index as ``label`` and its class name
+    as ``group``. Files whose suffix is not an image suffix are ignored.
     """
     root = Path(root)
     if not root.is_dir():
@@ -330,6 +338,8 @@ def read_image_folder(
     images = builder.result(root.name)
     # Labels were given as indices, so the builder leaves class names to us; keep empty classes too.
     images.class_names = class_names
+    # Every image of a class has the same caption, so any of them is a correct retrieval for it.
+    images.records = [replace(r, group=class_names[r.label]) for r in images.records]
     return images
 
 

@@ -96,11 +96,15 @@ def cell(obj: ShapeObject, size: int) -> tuple[int, int]:
 
 def canonical(objects: tuple[ShapeObject, ...], size: int) -> str:
     """What captions can say about a scene: each object's size, colour, shape and grid cell, sorted."""
-    parts = [f"{o.size} {o.colour} {o.shape} at {r},{c}" for o in objects for r, c in [cell(o, size)]]
+    parts = []
+    for o in objects:
+        row, column = cell(o, size)
+        parts.append(f"{o.size} {o.colour} {o.shape} at {row},{column}")
     return "; ".join(sorted(parts))
 
 
 def plural(word: str) -> str:
+    """The English plural of a shape word ("box" -> "boxes", "plus sign" -> "plus signs")."""
     return word + ("es" if word.endswith(("s", "x")) else "s")
 
 

@@ -4,7 +4,7 @@ Each loss is a function plus a thin ``nn.Module`` holding its hyper-parameters, 
 ``loss(**model_out)`` while tests and notebooks call the function directly.
 
 All functions here are the single-process case. Distributed training will gather features from every rank
-(``gather_with_grad``) and offset the diagonal labels by ``rank * local_batch``; the two places that change are
+(``gather_with_grad``) and offset the diagonal labels by ``rank * local_batch``; the places that change are
 marked ``# distributed:`` below, and nothing else in this file depends on the world size.
 """
 from __future__ import annotations

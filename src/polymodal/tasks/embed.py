@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from tqdm.auto import tqdm
 from polymodal.data.records import ImageTextSet
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.io import atomic_path
-from polymodal.train.loop import autocast_context
+from polymodal.precision import autocast_context
 
 
 class _ImageOnly(Dataset):
@@ -96,6 +97,11 @@ def all_captions(dataset: ImageTextSet) -> tuple[list[str], list[str], torch.Ten
         groups.extend([record.group] * len(record.captions))
         offsets.append(len(captions))
     return captions, groups, torch.tensor(offsets, dtype=torch.long)
+
+
+def feature_cache_dir() -> Path:
+    """Where frozen-tower outputs are cached: ``$POLYMODAL_CACHE/features`` (default ``~/.cache/polymodal``)."""
+    return Path(os.environ.get("POLYMODAL_CACHE", Path.home() / ".cache" / "polymodal")) / "features"
 
 
 class FeatureCache:

@@ -125,7 +125,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     checkpoint = resolve_checkpoint(path)
     config = read_json(checkpoint / CONFIG, "model config")
     # Pretrained towers are rebuilt from their packages' files first, then overwritten by the saved weights.
-    model = build_model(config)
+    model = build_model(config, for_loading=True)
     state = load_file(str(checkpoint / WEIGHTS), device=str(device))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -5,7 +5,6 @@ building those from a config happens once, at the edge (``cli/``).
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from polymodal.models.dual_encoder import MAX_LOGIT_SCALE
+from polymodal.precision import autocast_context
 from polymodal.train.checkpoint import TrainPosition
 from polymodal.train.metrics_log import MetricsLog
 
@@ -45,24 +45,6 @@ class LoopSettings:
     checkpoint_every: int = 0
     max_steps: int | None = None
     progress: bool = True
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"`` → bf16 where the device runs it fast (CPUs with AVX512-BF16/AMX, Ampere+ GPUs), else fp32/fp16."""
-    if precision != "auto":
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-
-
-def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def move_to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

