@@ -74,6 +74,19 @@ def test_data_list_names_every_dataset():
         assert name in done.stdout
 
 
+def test_data_export_vqa_writes_v2_questions_and_annotations(tmp_path):
+    done = polymodal("data", "export", "shapes", "--split", "test", "--size", "20", "--to", str(tmp_path / "vqa"),
+                     "--format", "vqa")
+    assert done.returncode == 0, done.stderr
+    questions = json.loads((tmp_path / "vqa" / "questions.json").read_text())["questions"]
+    annotations = json.loads((tmp_path / "vqa" / "annotations.json").read_text())["annotations"]
+    assert len(questions) == len(annotations) > 20
+    assert {q["question_id"] for q in questions} == {a["question_id"] for a in annotations}
+    assert all(len(a["answers"]) == 10 for a in annotations)
+    done = polymodal("data", "export", "openmoji", "--to", str(tmp_path / "x"), "--format", "vqa")
+    assert done.returncode == 2 and "has no questions" in done.stderr
+
+
 def test_help_teaches_every_verb():
     for verb in ("quickstart", "train", "eval", "embed", "index", "search", "data"):
         done = polymodal(verb, "--help")

@@ -144,5 +144,6 @@ def test_learns_a_trivial_task(causal: bool, pool: str) -> None:
     torch.manual_seed(0)
     ids, mask, labels = token_task(vocab=VOCAB)
     encoder = TransformerTextEncoder(VOCAB, **TINY, causal=causal, pool=pool)
-    first, last = fit(encoder, {"input_ids": ids, "attention_mask": mask}, labels)
+    # 40 steps: unit-scale token embeddings (see the encoder) start further from this toy optimum.
+    first, last = fit(encoder, {"input_ids": ids, "attention_mask": mask}, labels, steps=40)
     assert last < 0.25 * first, (first, last)

@@ -13,6 +13,7 @@ import yaml
 
 from polymodal.cli.pipeline import run_training
 from polymodal.cli.run_config import load_run_config
+from polymodal.metrics.retrieval import chance_recall
 from polymodal.train.checkpoint import load_model, load_tokenizer, resolve_checkpoint
 
 
@@ -21,7 +22,7 @@ def tiny_config(model: dict, out: Path, **train) -> dict:
         "model": model,
         "data": {"train": {"name": "shapes", "split": "train", "size": 768, "image_size": 32},
                  "val": {"name": "shapes", "split": "val", "size": 128, "image_size": 32}},
-        "train": {"epochs": 3, "batch_size": 64, "lr": 2e-3, "warmup_steps": 5, "log_every": 2,
+        "train": {"epochs": 3, "batch_size": 32, "lr": 2e-3, "warmup_steps": 5, "log_every": 4,
                   "checkpoint_every": 4, "precision": "fp32", **train},
         "out": str(out),
     }
@@ -32,21 +33,26 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
+def groups_of(dataset) -> tuple[list[str], list[str]]:
+    return [r.group for r in dataset.records], [r.group for r in dataset.records for _ in r.captions]
+
+
 def read_log(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_tiny_model_learns_on_generated_world(tmp_path, tiny_model_config):
-    config_file = write_config(tmp_path / "run.yaml", tiny_config(tiny_model_config, tmp_path / "run", epochs=8, lr=3e-3))
+    config_file = write_config(tmp_path / "run.yaml", tiny_config(tiny_model_config, tmp_path / "run", epochs=10))
     started = time.perf_counter()
     result = run_training(load_run_config(config_file), progress=False)
     assert time.perf_counter() - started < 90
     log = read_log(tmp_path / "run")
     losses = [r["loss"] for r in log if "loss" in r]
     recalls = [r["val/text_to_image_R@1"] for r in log if "val/text_to_image_R@1" in r]
-    assert losses[-1] < 0.75 * losses[0], f"loss did not fall: {losses[0]:.3f} → {losses[-1]:.3f}"
-    assert recalls[-1] > recalls[0] + 3 and recalls[-1] > 3 * (100 / 128), f"R@1 did not rise: {recalls}"
-    assert result.position.step == 8 * (768 // 64)
+    chance = chance_recall(*groups_of(result.val_set))["text_to_image_R@1"]  # ~0.8% for 128 scenes
+    assert sum(losses[-3:]) / 3 < 0.85 * losses[0], f"loss did not fall: {losses}"
+    assert max(recalls[-3:]) > 3 * chance and max(recalls[-3:]) > 2 * recalls[0], f"R@1 did not rise: {recalls}"
+    assert result.position.step == 10 * (768 // 32)
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, tiny_model_config):
@@ -65,7 +71,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, tiny_model_conf
 
 
 def test_resume_after_kill_reaches_same_step_and_loss(tmp_path, tiny_model_config):
-    epochs, steps_per_epoch = 4, 768 // 64
+    epochs, steps_per_epoch = 3, 768 // 32
     reference = run_training(load_run_config(write_config(tmp_path / "ref.yaml", tiny_config(tiny_model_config, tmp_path / "ref", epochs=epochs))), progress=False)
     reference_loss = [r["loss"] for r in read_log(tmp_path / "ref") if "loss" in r][-1]
 
@@ -92,8 +98,8 @@ def test_resume_after_kill_reaches_same_step_and_loss(tmp_path, tiny_model_confi
     final = {r["step"]: r for r in log if "loss" in r}
     last_step = max(final)
     assert last_step == epochs * steps_per_epoch
-    # Same batches, same RNG: the resumed run retraces the uninterrupted one (up to float reordering).
-    assert final[last_step]["loss"] == pytest.approx(reference_loss, rel=0.05)
+    # Same batches, same RNG: the resumed run retraces the uninterrupted one.
+    assert final[last_step]["loss"] == pytest.approx(reference_loss, rel=1e-4)
     resumed_model = load_model(run)
     for (name, a), b in zip(resumed_model.state_dict().items(), reference.model.state_dict().values()):
-        assert torch.allclose(a, b, atol=1e-3, rtol=1e-3), name
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), name

@@ -10,6 +10,7 @@ world. Any of them can be written to disk in a real format, which every reader o
   polymodal data list
   polymodal data export openmoji --to data/emoji --format jsonl      # images/ + pairs.jsonl
   polymodal data export shapes --to data/shapes --format coco --split test --size 500
+  polymodal data export easy-vqa --to data/evqa --format vqa --split test    # VQA v2 questions/annotations
 """
 
 
@@ -23,7 +24,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
                                 description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     export.add_argument("name", help="catalog name (see `polymodal data list`) or a path")
     export.add_argument("--to", required=True, help="output directory (must be empty or new)")
-    export.add_argument("--format", choices=["jsonl", "coco"], default="jsonl")
+    export.add_argument("--format", choices=["jsonl", "coco", "vqa"], default="jsonl",
+                        help="jsonl: images/ + pairs.jsonl; coco: captions JSON; vqa: VQA v2 questions + "
+                             "annotations JSON (shapes, easy-vqa)")
     export.add_argument("--split", help="split, for datasets that have them")
     export.add_argument("--size", type=int, help="number of scenes (generated world only)")
     export.add_argument("--overwrite", action="store_true", help="allow a non-empty output directory")
@@ -41,8 +44,14 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from polymodal.cli.pipeline import load_data_spec
-    from polymodal.data.export import export_coco, export_jsonl
+    from polymodal.data.catalog import load_questions
+    from polymodal.data.export import export_coco, export_jsonl, export_vqa
 
+    if args.format == "vqa":
+        images, questions = load_questions(args.name, args.split, args.size)
+        path = export_vqa(images, questions, args.to, overwrite=args.overwrite)
+        print(f"wrote {len(questions)} questions about {len(images)} images of {images.name} → {path}")
+        return 0
     spec: dict[str, object] = {"name": args.name}
     if args.split is not None:
         spec["split"] = args.split

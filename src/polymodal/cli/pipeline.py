@@ -178,6 +178,8 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
             resume_from = resolve_checkpoint(out)
         except FileNotFoundError:
             resume_from = None  # nothing saved yet: a fresh start is the honest resume
+    elif (out / "checkpoints").exists() or (out / "metrics.jsonl").exists():
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another `out`")
     if resume_from is not None:
         model = load_model(resume_from, device=device)
         tokenizer = load_tokenizer(resume_from)
@@ -200,9 +202,11 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
     if len(train_data) < opt.batch_size:
         raise ValueError(f"training set has {len(train_data)} images, fewer than batch_size={opt.batch_size}")
     sampler = ResumableRandomSampler(len(train_data), seed=opt.seed)
+    # The loader draws its worker seeds from its own generator, not the global RNG: the global RNG drives the
+    # augmentations, and a resumed run must find it exactly where the checkpoint left it.
     loader = DataLoader(
         train_data, batch_size=opt.batch_size, sampler=sampler, collate_fn=collate, num_workers=opt.num_workers,
-        drop_last=True, persistent_workers=False,
+        drop_last=True, generator=torch.Generator().manual_seed(opt.seed),
     )
 
     optimizer = create_optimizer(model, lr=opt.lr, weight_decay=opt.weight_decay)

@@ -1,6 +1,7 @@
 """The quickstart run: train → evaluate before/after → index → example searches → table and figures."""
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,8 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from polymodal.cli.pipeline import (
+    TrainResult,
+    evaluate_cached,
     load_data_spec,
     model_config_of,
     make_tokenizer,
@@ -21,7 +24,7 @@ from polymodal.cli.pipeline import (
     tower_features,
 )
 from polymodal.cli.report import plot_search_grid, plot_training_curve, print_table
-from polymodal.cli.run_config import DataConfig, OptimConfig, RunConfig
+from polymodal.cli.run_config import DataConfig, OptimConfig, RunConfig, override_run_config
 from polymodal.data.records import ImageTextSet, concat_sets
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.data.transforms import image_transform
@@ -34,6 +37,8 @@ from polymodal.models.dual_encoder import DualEncoder
 from polymodal.tasks.embed import all_captions, embed_images, embed_texts
 from polymodal.tasks.retrieval import retrieval_from_embeddings
 from polymodal.tasks.zero_shot import zero_shot_classifier
+from polymodal.train.checkpoint import save_weights
+from polymodal.train.wise_ft import mix_residuals, select_alpha
 
 
 @dataclass
@@ -47,6 +52,7 @@ class Recipe:
     queries: list[str]
     templates: tuple[str, ...] = ("a photo of a {}.", "a picture of a {}.", "a drawing of a {}.", "a {}.")
     compare_untrained: bool = True  # the pretrained model's untrained state is the ConSE bridge: worth a column
+    wise_ft: bool = True  # mix fine-tuned residual heads back toward the bridge (see train/wise_ft.py)
     notes: dict[str, str] = field(default_factory=dict)
 
 
@@ -72,10 +78,10 @@ def shapes_recipe(out: str) -> Recipe:
     return Recipe(
         run=RunConfig(
             model="clip-tiny",
-            data=DataConfig(train={"name": "shapes", "split": "train", "size": 6000},
+            data=DataConfig(train={"name": "shapes", "split": "train", "size": 5000},
                             val={"name": "shapes", "split": "val", "size": 500}),
-            train=OptimConfig(epochs=12, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_steps=50,
-                              checkpoint_every=100, log_every=10),
+            train=OptimConfig(epochs=10, batch_size=64, lr=2e-3, weight_decay=0.05, warmup_steps=50,
+                              checkpoint_every=200, log_every=10),
             out=out,
         ),
         retrieval_sets={"shapes test": {"name": "shapes", "split": "test", "size": 500},
@@ -87,6 +93,7 @@ def shapes_recipe(out: str) -> Recipe:
                  "three shapes", "a purple square above a white circle"],
         templates=("a {}.", "a picture of a {}.", "a {} shape."),
         compare_untrained=False,
+        wise_ft=False,
     )
 
 
@@ -140,13 +147,25 @@ def chance_levels(sets: dict[str, ImageTextSet], zero_shot: dict[str, ImageTextS
     return chance
 
 
-TABLE_METRICS = ("text_to_image_R@1", "text_to_image_R@5", "image_to_text_R@1", "zero_shot_top1", "zero_shot_top5")
+# metrics.json key → the short name shown in the terminal table
+TABLE_METRICS = {"text_to_image_R@1": "text→image R@1", "text_to_image_R@5": "text→image R@5",
+                 "image_to_text_R@1": "image→text R@1", "zero_shot_top1": "zero-shot top-1",
+                 "zero_shot_top5": "zero-shot top-5"}
 
 
-def run_quickstart(out: str | Path, world: str = "real", progress: bool = True) -> dict[str, Any]:
-    console = Console()
+def run_quickstart(
+    out: str | Path, world: str = "real", progress: bool = True, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Run the quickstart; ``overrides`` (``key=value`` as for ``polymodal train --set``) adjust the training
+    run, e.g. to make it smaller in tests."""
+    console = Console(width=max(Console().width, 110))  # the results table needs ~100 columns
     out = Path(out)
     recipe = real_recipe(str(out)) if world == "real" else shapes_recipe(str(out))
+    if overrides:
+        recipe.run = override_run_config(recipe.run, overrides)
+    # The quickstart owns its run: a second quickstart into the same folder starts that run afresh.
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
     started = time.perf_counter()
     seed_everything(recipe.run.train.seed)
 
@@ -173,12 +192,21 @@ def run_quickstart(out: str | Path, world: str = "real", progress: bool = True) 
     after, image_embeddings = evaluate_model(result.model, result.tokenizer, eval_sets, zero_shot_sets,
                                              recipe.templates, progress)
     chance = chance_levels(eval_sets, zero_shot_sets)
+    fine_tuned, mixing = None, None
+    if recipe.wise_ft:
+        fine_tuned = after
+        mixing = _mix_toward_bridge(result, progress)
+        after, image_embeddings = evaluate_model(result.model, result.tokenizer, eval_sets, zero_shot_sets,
+                                                 recipe.templates, progress)
+    final_model_dir = out / "model"
+    save_weights(result.model, final_model_dir)
+    result.tokenizer.save(final_model_dir / "tokenizer.json")
 
     console.print("[bold]4/4[/] indexing and searching")
     index_set = concat_sets([eval_sets[label] for label in recipe.index_sets], "quickstart-index")
     vectors = torch.cat([image_embeddings[label] for label in recipe.index_sets]).numpy()
     index = VectorIndex.build(vectors, [r.key for r in index_set.records], kind="flat", normalize=True,
-                              checkpoint=str(result.checkpoint.resolve()))
+                              checkpoint=str(final_model_dir.resolve()))
     index.save(out / "index")
     searches = _run_searches(result.model, result.tokenizer, index, index_set, recipe.queries)
     plot_search_grid(recipe.queries, [[(image, score) for image, score, _ in hits] for hits in searches],
@@ -186,12 +214,16 @@ def run_quickstart(out: str | Path, world: str = "real", progress: bool = True) 
 
     rows = []
     for label in {**eval_sets, **zero_shot_sets}:
-        for metric in TABLE_METRICS:
+        for metric, shown in TABLE_METRICS.items():
             if metric in after.get(label, {}):
-                row = {"dataset": label, "metric": metric, "chance": chance[label][metric]}
+                row = {"dataset": label, "metric": shown, "chance": chance[label][metric]}
                 if before is not None:
                     row["bridge (untrained)"] = before[label][metric]
-                row["trained"] = after[label][metric]
+                if fine_tuned is not None:
+                    row["fine-tuned"] = fine_tuned[label][metric]
+                    row[f"final α={mixing['alpha']:g}"] = after[label][metric]
+                else:
+                    row["trained"] = after[label][metric]
                 rows.append(row)
     print_table(f"quickstart ({world}) — percent; chance = random ranking", rows, console)
     for query, hits in zip(recipe.queries, searches):
@@ -204,15 +236,33 @@ def run_quickstart(out: str | Path, world: str = "real", progress: bool = True) 
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 1),
         "checkpoint": str(result.checkpoint),
+        "final_model": str(final_model_dir),
         "chance": chance,
         "untrained": before,
+        "fine_tuned": fine_tuned,
+        "wise_ft": mixing,
         "trained": after,
         "searches": {q: [{"key": key, "score": score} for _, score, key in hits] for q, hits in zip(recipe.queries, searches)},
         "notes": recipe.notes,
     }
     write_json(out / "metrics.json", metrics)
-    console.print(f"wrote {out}/metrics.json, training_curve.png, search_examples.png, checkpoints/, index/")
+    console.print(f"wrote {out}/metrics.json, training_curve.png, search_examples.png, model/, checkpoints/, index/")
     return metrics
+
+
+def _mix_toward_bridge(result: TrainResult, progress: bool) -> dict[str, Any]:
+    """Pick the WiSE-FT alpha on the held-out in-domain split only, then apply it to the model in place."""
+    device = next(result.model.parameters()).device
+    features = tower_features(result.model, result.tokenizer, result.val_set, device, progress)
+
+    def score(model: DualEncoder) -> float:
+        metrics = evaluate_cached(model, features, result.val_set)
+        return (metrics["text_to_image_R@1"] + metrics["image_to_text_R@1"]) / 2
+
+    alpha, scores = select_alpha(result.model, score)
+    mix_residuals(result.model, alpha)
+    result.model.config["wise_ft_alpha"] = alpha
+    return {"alpha": alpha, "held_out_mean_R@1_by_alpha": {str(a): v for a, v in scores.items()}}
 
 
 def _load_eval_sets(recipe: Recipe, held_out: ImageTextSet | None) -> tuple[dict[str, ImageTextSet], dict[str, ImageTextSet]]:

@@ -19,7 +19,7 @@ def print_table(title: str, rows: Sequence[Mapping[str, object]], console: Conso
     """Rows of dicts with the same keys → one table; floats shown with 2 decimals."""
     if not rows:
         return
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", min_width=60)
     columns = list(rows[0].keys())
     for column in columns:
         table.add_column(column, justify="left" if column == columns[0] else "right")
@@ -73,9 +73,10 @@ def plot_search_grid(
             if column < len(hits):
                 image, score = hits[column]
                 axis.imshow(image)
-                axis.set_title(f"{score:.3f}", fontsize=8)
-        axes[row][0].text(0, -0.32, f"“{query}”", transform=axes[row][0].transAxes, fontsize=10, weight="bold")
-    figure.tight_layout(h_pad=2.2)
+                axis.text(0.5, -0.04, f"{score:.3f}", transform=axis.transAxes, ha="center", va="top", fontsize=8)
+        axes[row][0].text(0, 1.06, f"“{query}”", transform=axes[row][0].transAxes, fontsize=10, weight="bold",
+                          va="bottom")
+    figure.tight_layout(h_pad=2.5)
     out_png = Path(out_png)
     figure.savefig(out_png)
     plt.close(figure)

@@ -99,12 +99,24 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
             raise ValueError(f"{path}: not valid YAML/JSON: {error}") from None
         if not isinstance(tree, dict):
             raise ValueError(f"{path}: the top level must be a mapping, got {type(tree).__name__}")
+    return _run_config_from_tree(_with_overrides(tree, overrides), str(path) if path else "config")
+
+
+def override_run_config(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """A copy of ``config`` with ``key=value`` overrides applied (the Python twin of ``--set``)."""
+    return _run_config_from_tree(_with_overrides(run_config_to_dict(config), overrides), "config")
+
+
+def _with_overrides(tree: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
         key, text = item.split("=", 1)
         _set_dotted(tree, key.strip(), parse_value(text))
-    where = str(path) if path else "config"
+    return tree
+
+
+def _run_config_from_tree(tree: dict[str, Any], where: str) -> RunConfig:
     unknown = sorted(set(tree) - {"model", "data", "train", "out"})
     if unknown:
         raise ValueError(f"{where}: unknown section(s) {unknown}; known: data, model, out, train")

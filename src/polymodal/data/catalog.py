@@ -90,6 +90,20 @@ def load_dataset(
     return _sample(read_dataset(path, split=split, skip_bad=skip_bad), size)
 
 
+def load_questions(name: str, split: str | None = None, size: int | None = None) -> tuple[ImageTextSet, list]:
+    """The images of a question-answering dataset and every question about them (``VQAItem``s keyed by
+    record key): ``shapes`` (generated) or ``easy-vqa``."""
+    if name == "shapes":
+        world = ShapesWorld(ShapesConfig())
+        n = size or SHAPES_DEFAULT_N
+        return world.image_text_set(split or "train", n), list(world.vqa_items(split or "train", n))
+    if name == "easy-vqa":
+        images = load_dataset(name, split=split, size=size)
+        keys = {record.key for record in images.records}
+        return images, [item for item in packaged.easy_vqa_questions(split or "train") if item.key in keys]
+    raise ValueError(f"{name!r} has no questions; datasets with questions: shapes, easy-vqa")
+
+
 def _sample(images: ImageTextSet, size: int | None) -> ImageTextSet:
     """``size`` records drawn with a fixed seed and kept in order (sets sorted by class stay mixed)."""
     if size is None or size >= len(images):

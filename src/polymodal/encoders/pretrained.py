@@ -138,6 +138,8 @@ class EfficientNetLite0Tower(nn.Module):
         if pretrained:
             source = torch.load(efficientnet_lite0_weight_file(), map_location="cpu", weights_only=True)
             self.model.load_state_dict(remap_efficientnet_lite0_state_dict(source, self.model), strict=True)
+        # Depthwise convolutions run ~1.7x faster in channels-last layout on CPU (oneDNN), and no slower on GPU.
+        self.model.to(memory_format=torch.channels_last)
         self.frozen = frozen
         if frozen:
             self.requires_grad_(False)
@@ -148,7 +150,7 @@ class EfficientNetLite0Tower(nn.Module):
         return super().train(mode and not self.frozen)
 
     def forward(self, image: torch.Tensor) -> EncoderOutput:
-        feature_map = self.model.forward_features(image)  # (B, 1280, h, w)
+        feature_map = self.model.forward_features(image.contiguous(memory_format=torch.channels_last))  # (B, 1280, h, w)
         tokens = feature_map.flatten(2).transpose(1, 2)  # (B, h*w, 1280)
         return EncoderOutput(tokens=tokens, pooled=tokens.mean(dim=1))
 

@@ -30,7 +30,6 @@ class ConSEImageHead(nn.Module):
             weights stay owned — and saved — by the tower alone).
         bridge: maps ImageNet logits to the probability-weighted class-name embedding.
         in_features: F, the pooled image-feature size.
-        residual_scale: multiplies the learned branch; 1 by default.
     """
 
     def __init__(self, classify: Callable[[torch.Tensor], torch.Tensor], bridge: ConSEBridge, in_features: int) -> None:
@@ -40,6 +39,10 @@ class ConSEImageHead(nn.Module):
         self.residual = nn.Linear(in_features, bridge.width)
         nn.init.zeros_(self.residual.weight)
         nn.init.zeros_(self.residual.bias)
+
+    def residual_branch(self) -> nn.Module:
+        """The learned, zero-initialised part (what WiSE-FT mixing scales)."""
+        return self.residual
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

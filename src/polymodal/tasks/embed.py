@@ -48,7 +48,9 @@ def map_images(
     desc: str = "embed images",
 ) -> torch.Tensor:
     """Apply ``encode`` to every image of ``dataset`` in batches; returns ``(N, D)`` float32 on the CPU."""
-    loader = DataLoader(_ImageOnly(dataset, transform), batch_size=batch_size, num_workers=num_workers)
+    # A private generator: evaluation in the middle of training must not advance the global RNG.
+    loader = DataLoader(_ImageOnly(dataset, transform), batch_size=batch_size, num_workers=num_workers,
+                        generator=torch.Generator().manual_seed(0))
     outputs = []
     for images in tqdm(loader, desc=desc, disable=not progress, file=sys.stderr, dynamic_ncols=True):
         with autocast_context(precision, device):

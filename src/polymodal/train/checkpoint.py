@@ -105,9 +105,10 @@ def save_checkpoint(
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """Accept a checkpoint directory, a run directory, or a run's ``checkpoints`` folder."""
+    """Accept a checkpoint directory, a run directory (its exported ``model/`` first, else the latest
+    checkpoint), or a run's ``checkpoints`` folder."""
     path = Path(path)
-    for candidate in (path, path / "checkpoints"):
+    for candidate in (path, path / "model", path / "checkpoints"):
         if (candidate / WEIGHTS).is_file():
             return candidate
         if (candidate / LATEST).is_file():

@@ -126,7 +126,7 @@ def train_one_epoch(
                 "epoch": position.epoch,
                 "loss": window_loss / window_steps,
                 "lr": optimizer.param_groups[-1]["lr"],
-                "logit_scale": float(model.logit_scale.exp()),
+                "logit_scale": float(model.logit_scale.detach().exp()),
                 "samples_per_s": window_samples / max(elapsed, 1e-9),
                 "data_time_s": window_data_time / window_steps,
                 "step_time_s": elapsed / window_steps,

@@ -1,0 +1,35 @@
+"""The quickstart recipe end to end, made small with the same overrides `polymodal train --set` takes."""
+import json
+
+from polymodal.cli.quickstart_recipe import run_quickstart
+from polymodal.train.checkpoint import load_model
+
+
+def test_shapes_quickstart_writes_everything_and_beats_chance(tmp_path, tiny_model_config, capsys):
+    tiny_model_config["image"]["image_size"] = 64
+    overrides = [
+        f"model={json.dumps(tiny_model_config)}",
+        "data.train.size=768", "data.val.size=128",
+        "train.epochs=6", "train.batch_size=32", "train.checkpoint_every=50",
+    ]
+    metrics = run_quickstart(tmp_path, "shapes", progress=False, overrides=overrides)
+    for name in ("metrics.json", "training_curve.png", "search_examples.png"):
+        assert (tmp_path / name).stat().st_size > 500, name
+    assert (tmp_path / "model" / "model.safetensors").is_file() and (tmp_path / "index" / "index.faiss").is_file()
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["trained"] == metrics["trained"] and saved["train_steps"] == 6 * (768 // 32)
+    test = metrics["trained"]["shapes test"]
+    assert test["text_to_image_R@10"] > 2 * metrics["chance"]["shapes test"]["text_to_image_R@10"]
+    assert len(metrics["searches"]["a red circle left of a blue square"]) == 5
+    table = capsys.readouterr().out
+    assert "text→image R@1" in table and "chance" in table
+    load_model(tmp_path)  # the exported model loads on its own
+
+
+def test_a_second_quickstart_into_the_same_folder_starts_afresh(tmp_path, tiny_model_config):
+    overrides = [f"model={json.dumps(tiny_model_config)}", "data.train.size=64", "data.val.size=32",
+                 "train.epochs=1", "train.batch_size=32"]
+    tiny_model_config["image"]["image_size"] = 64
+    for _ in range(2):
+        metrics = run_quickstart(tmp_path, "shapes", progress=False, overrides=overrides)
+    assert metrics["train_steps"] == 2
