@@ -3,15 +3,19 @@
 Each loss is a function plus a thin ``nn.Module`` holding its hyper-parameters, so the training loop can do
 ``loss(**model_out)`` while tests and notebooks call the function directly.
 
-All functions here are the single-process case. Distributed training will gather features from every rank
-(``gather_with_grad``) and offset the diagonal labels by ``rank * local_batch``; the places that change are
-marked ``# distributed:`` below, and nothing else in this file depends on the world size.
+CLIP and SigLIP read the world size when called (``polymodal.distributed``): in a single process they see the
+local batch; under ``torchrun`` they gather features from every rank, and row i's positive sits at column
+``rank * local_batch + i`` of the gathered batch (open_clip's rank-offset labels). Under DDP, which averages
+parameter gradients over ranks, the gradients then equal those of one process over the concatenated batch.
+NT-Xent and InfoNCE stay per-rank.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from polymodal import distributed
 
 __all__ = [
     "ClipLoss",
@@ -53,38 +57,53 @@ def _check_temperature(temperature: float) -> None:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
-def _diagonal_labels(num_rows: int, device: torch.device) -> torch.Tensor:
-    """Row i's positive is column i. (B,) long.
-
-    distributed: with features gathered from every rank the local rows' positives sit at ``rank * B + i``.
-    """
-    return torch.arange(num_rows, device=device, dtype=torch.long)
-
-
 def clip_loss(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
     logit_scale: torch.Tensor | float,
     label_smoothing: float = 0.0,
+    *,
+    local_loss: bool = False,
+    gather_with_grad: bool = True,
 ) -> torch.Tensor:
     """Symmetric InfoNCE of CLIP: mean of the image→text and text→image cross-entropies.
+
+    In a single process the two flags change nothing. With W > 1 ranks of local batch B:
+
+    - global loss (default): every rank builds the ``(W·B, W·B)`` logits of the whole batch; each rank's loss
+      equals the single-process loss over the concatenated batch.
+    - ``local_loss=True``: the B local rows against all W·B columns, ``(B, W·B)`` logits (W times less
+      memory); the mean over ranks of the per-rank losses equals the single-process loss.
+    - ``gather_with_grad=True`` (default): gradients reach every rank's features from every rank's loss, so DDP's
+      average gives exactly the single-process gradients in both modes. ``False`` gathers constants except the
+      local slice (:func:`polymodal.distributed.gather_no_grad`): for the global loss parameter gradients come
+      out ``1 / W`` of the single-process ones; for the local loss they are an approximation.
 
     Args:
         image_features: ``(B, D)``, normally L2-normalised by the model; row i pairs with ``text_features[i]``.
         text_features: ``(B, D)``.
         logit_scale: scalar, already exponentiated (the model stores ``log`` of it and clamps at ln 100).
         label_smoothing: passed to ``F.cross_entropy`` for both directions.
+        local_loss: local rows against gathered columns instead of the whole gathered batch.
+        gather_with_grad: differentiate through other ranks' copies of the features.
 
     Returns:
         0-d tensor.
     """
     _check_pair("image_features", image_features, "text_features", text_features)
     _check_scalar("logit_scale", logit_scale)
-    # distributed: gather image_features and text_features (with grad) from every rank here.
-    logits_per_image = logit_scale * image_features @ text_features.T  # (B, B): row = image, column = text
-    labels = _diagonal_labels(image_features.shape[0], image_features.device)
+    gather = distributed.gather_with_grad if gather_with_grad else distributed.gather_no_grad
+    all_image_features, all_text_features = gather(image_features), gather(text_features)  # (W·B, D) each
+    if local_loss:
+        logits_per_image = logit_scale * image_features @ all_text_features.T  # (B, W·B): local image rows
+        logits_per_text = logit_scale * text_features @ all_image_features.T  # (B, W·B): local text rows
+        labels = distributed.rank_offset_labels(image_features.shape[0], distributed.get_rank(), image_features.device)
+    else:
+        logits_per_image = logit_scale * all_image_features @ all_text_features.T  # (W·B, W·B): row = image
+        logits_per_text = logits_per_image.T
+        labels = torch.arange(all_image_features.shape[0], device=image_features.device)
     image_to_text = F.cross_entropy(logits_per_image, labels, label_smoothing=label_smoothing)
-    text_to_image = F.cross_entropy(logits_per_image.T, labels, label_smoothing=label_smoothing)
+    text_to_image = F.cross_entropy(logits_per_text, labels, label_smoothing=label_smoothing)
     return (image_to_text + text_to_image) / 2
 
 
@@ -99,6 +118,11 @@ def siglip_loss(
     ``-logsigmoid(label * (logit_scale * image @ text.T + logit_bias))`` summed over the ``B × B`` pairs, with
     label +1 on the diagonal and -1 elsewhere, divided by B (as in the SigLIP paper and open_clip).
 
+    With W > 1 ranks each rank scores its B images against the texts of all ranks, gathered with gradient
+    (``(B, W·B)`` pairs; open_clip passes text chunks round the ring instead, which saves memory, not math):
+    the mean over ranks of the per-rank losses equals the single-process loss over the concatenated batch, and
+    DDP's gradient average equals its gradients.
+
     Args:
         image_features: ``(B, D)``.
         text_features: ``(B, D)``.
@@ -111,11 +135,12 @@ def siglip_loss(
     _check_pair("image_features", image_features, "text_features", text_features)
     _check_scalar("logit_scale", logit_scale)
     _check_scalar("logit_bias", logit_bias)
-    # distributed: SigLIP exchanges text features between ranks chunk by chunk instead of one gather.
-    logits = logit_scale * image_features @ text_features.T + logit_bias  # (B, B)
-    num_rows = image_features.shape[0]
-    # 2 * eye - 1: +1 for the matching pair, -1 for every other pair, so one logsigmoid covers both cases.
-    labels = 2 * torch.eye(num_rows, device=logits.device, dtype=logits.dtype) - 1
+    all_text_features = distributed.gather_with_grad(text_features)  # (W·B, D)
+    logits = logit_scale * image_features @ all_text_features.T + logit_bias  # (B, W·B)
+    num_rows, num_columns = logits.shape
+    positives = distributed.rank_offset_labels(num_rows, distributed.get_rank(), logits.device)  # (B,)
+    # 2 * one_hot - 1: +1 for the matching pair, -1 for every other pair, so one logsigmoid covers both cases.
+    labels = 2 * F.one_hot(positives, num_columns).to(logits.dtype) - 1  # (B, W·B)
     return -F.logsigmoid(labels * logits).sum() / num_rows
 
 
@@ -188,25 +213,43 @@ def infonce_loss(
 
 
 class ClipLoss(nn.Module):
-    """Module form of :func:`clip_loss`; consumes a CLIP-style model's output dict as keywords."""
+    """Module form of :func:`clip_loss`; consumes a CLIP-style model's output dict as keywords.
 
-    def __init__(self, label_smoothing: float = 0.0) -> None:
+    Holds only hyper-parameters: rank and world size are read on every call, never stored.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, local_loss: bool = False, gather_with_grad: bool = True) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
         self.label_smoothing = label_smoothing
+        self.local_loss = local_loss
+        self.gather_with_grad = gather_with_grad
 
     def forward(
         self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float
     ) -> torch.Tensor:
-        return clip_loss(image_features, text_features, logit_scale, label_smoothing=self.label_smoothing)
+        return clip_loss(
+            image_features,
+            text_features,
+            logit_scale,
+            label_smoothing=self.label_smoothing,
+            local_loss=self.local_loss,
+            gather_with_grad=self.gather_with_grad,
+        )
 
     def extra_repr(self) -> str:
-        return f"label_smoothing={self.label_smoothing}"
+        return (
+            f"label_smoothing={self.label_smoothing}, local_loss={self.local_loss}, "
+            f"gather_with_grad={self.gather_with_grad}"
+        )
 
 
 class SigLipLoss(nn.Module):
-    """Module form of :func:`siglip_loss`; consumes a SigLIP model's output dict (which adds ``logit_bias``)."""
+    """Module form of :func:`siglip_loss`; consumes a SigLIP model's output dict (which adds ``logit_bias``).
+
+    Always a local loss with text features gathered with gradient (see :func:`siglip_loss`).
+    """
 
     def forward(
         self,
