@@ -1,49 +1,78 @@
-"""Build everything a run needs from a :class:`RunConfig` (the edge), then hand built parts to the library."""
+"""Build everything a run needs from a :class:`RunConfig` (the edge), then hand built parts to the library.
+
+Under ``torchrun`` every rank runs :func:`run_training`: each trains on its share of every global batch
+(``train.batch_size`` is per rank) in a ``DistributedDataParallel`` model, and rank 0 alone logs, evaluates and
+writes the run directory. The data side (datasets, shard streams, tokenizer, loader) is in ``pipeline_data``.
+"""
 from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
 
-from polymodal.cli.run_config import RunConfig, run_config_to_dict
-from polymodal.data.pair_dataset import (
-    CachedFeatureDataset,
-    ImageCaptionCollator,
-    ImageCaptionDataset,
-    ResumableRandomSampler,
-    collate_cached_features,
+from polymodal.cli.pipeline_data import (
+    RunData,
+    barrier,
+    load_data_spec,
+    load_run_data,
+    main_rank_first,
+    make_tokenizer,
+    make_train_loader,
+    shared_tokenizer,
+    split_train_val,
+    tokenizer_for,
 )
+from polymodal.cli.run_config import RunConfig, run_config_to_dict
 from polymodal.data.records import ImageTextSet
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.data.transforms import image_transform
+from polymodal.distributed import DistInfo, cleanup, init_distributed
 from polymodal.factory import build_model, get_model_config
 from polymodal.losses import ClipLoss, SigLipLoss
 from polymodal.models.dual_encoder import DualEncoder
+from polymodal.precision import resolve_precision
 from polymodal.tasks.embed import FeatureCache, all_captions, feature_cache_dir, map_images, map_texts
 from polymodal.tasks.retrieval import evaluate_retrieval, retrieval_from_embeddings
 from polymodal.train.checkpoint import (
     TrainPosition,
+    checkpoint_path,
     load_model,
     load_tokenizer,
     load_train_state,
     resolve_checkpoint,
     save_checkpoint,
 )
+from polymodal.train.data_position import data_state, epoch_batches
 from polymodal.train.fit import fit
-from polymodal.precision import resolve_precision
 from polymodal.train.loop import LoopSettings, total_steps
 from polymodal.train.metrics_log import MetricsLog
 from polymodal.train.optim import create_optimizer
 from polymodal.train.schedule import warmup_cosine
+
+__all__ = [
+    "TowerFeatures",
+    "TrainResult",
+    "evaluate_cached",
+    "load_data_spec",
+    "make_loss",
+    "make_tokenizer",
+    "model_config_of",
+    "resolve_device",
+    "run_training",
+    "seed_everything",
+    "split_train_val",
+    "tower_features",
+]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -58,40 +87,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_data_spec(spec: Any, skip_bad: bool = False) -> ImageTextSet:
-    """A catalog name, a path, or ``{name: ..., split: ..., <loader kwargs>}`` → an :class:`ImageTextSet`."""
-    from polymodal.data.catalog import load_dataset
-
-    if isinstance(spec, str):
-        return load_dataset(spec, skip_bad=skip_bad)
-    if isinstance(spec, dict) and "name" in spec:
-        kwargs = dict(spec)
-        return load_dataset(kwargs.pop("name"), skip_bad=skip_bad, **kwargs)
-    raise ValueError(f"a dataset is a name, a path or a mapping with 'name', got {spec!r}")
-
-
 def model_config_of(config: RunConfig) -> dict[str, Any]:
     return get_model_config(config.model) if isinstance(config.model, str) else copy.deepcopy(config.model)
-
-
-def make_tokenizer(model_config: dict[str, Any], train_set: ImageTextSet) -> TextTokenizer:
-    """A pretrained text tower brings its tokenizer; a from-scratch tower gets a BPE trained on the captions."""
-    text = model_config["text"]
-    if text["type"] == "minilm":
-        from polymodal.encoders.pretrained import minilm_tokenizer_file
-
-        return TextTokenizer.from_file(minilm_tokenizer_file(), int(text["context_length"]))
-    captions = [caption for record in train_set.records for caption in record.captions]
-    return TextTokenizer.train_bpe(captions, vocab_size=int(text["vocab_size"]), context_length=int(text["context_length"]))
-
-
-def make_loss(model_config: dict[str, Any], label_smoothing: float = 0.0) -> nn.Module:
-    kind = model_config.get("loss", "clip")
-    if kind == "clip":
-        return ClipLoss(label_smoothing=label_smoothing)
-    if kind == "siglip":
-        return SigLipLoss()
-    raise ValueError(f"model config 'loss' must be clip or siglip, got {kind!r}")
 
 
 @dataclass
@@ -138,104 +135,136 @@ def evaluate_cached(model: DualEncoder, features: TowerFeatures, dataset: ImageT
     return retrieval_from_embeddings(images, texts, dataset)
 
 
+def make_loss(
+    model_config: dict[str, Any], label_smoothing: float = 0.0, local_loss: bool = False, gather_with_grad: bool = False
+) -> nn.Module:
+    """The model's contrastive loss; CLIP takes open_clip's gathering options, SigLIP always gathers with grad."""
+    kind = model_config.get("loss", "clip")
+    if kind == "clip":
+        return ClipLoss(label_smoothing=label_smoothing, local_loss=local_loss, gather_with_grad=gather_with_grad)
+    if kind == "siglip":
+        return SigLipLoss()
+    raise ValueError(f"model config 'loss' must be clip or siglip, got {kind!r}")
+
+
 @dataclass
 class TrainResult:
     model: DualEncoder
     tokenizer: TextTokenizer
     checkpoint: Path
     position: TrainPosition
-    train_set: ImageTextSet
+    train_set: ImageTextSet | None  # None when the run streamed shards
     val_set: ImageTextSet | None
-
-
-def split_train_val(dataset: ImageTextSet, fraction: float, seed: int) -> tuple[ImageTextSet, ImageTextSet]:
-    """Hold out ``fraction`` of the images (whole groups, so no scene is on both sides)."""
-    groups = sorted({record.group for record in dataset.records})
-    random.Random(seed).shuffle(groups)
-    held = set(groups[: max(1, int(round(len(groups) * fraction)))])
-    train = [i for i, r in enumerate(dataset.records) if r.group not in held]
-    val = [i for i, r in enumerate(dataset.records) if r.group in held]
-    return dataset.subset(train, f"{dataset.name}-train"), dataset.subset(val, f"{dataset.name}-val")
+    dist: DistInfo  # this process's place in the run (rank 0 wrote the checkpoint)
 
 
 def run_training(config: RunConfig, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Build data, tokenizer, model, loss and optimizer from ``config``, train, and save checkpoints in ``out``."""
-    out = Path(config.out)
+    """Build data, tokenizer, model, loss and optimizer from ``config``, train, and save checkpoints in ``out``.
+
+    Joins the process group when started by ``torchrun`` (gloo on CPU, NCCL on CUDA) and leaves it at the end.
+    """
+    device = resolve_device(config.train.device)
+    owns_group = not dist.is_initialized()  # a caller that made the group keeps it
+    info = init_distributed("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _train(config, resume, progress and info.is_main, info, info.device if info.is_distributed else device)
+    finally:
+        if owns_group:
+            cleanup()
+
+
+def _train(config: RunConfig, resume: bool, progress: bool, info: DistInfo, device: torch.device) -> TrainResult:
+    out, opt = Path(config.out), config.train
     out.mkdir(parents=True, exist_ok=True)
-    opt = config.train
+    # The same seed on every rank: identical initial weights (DDP also broadcasts rank 0's) and augmentation RNG
+    # streams that stay in step, so the RNG state rank 0 saves resumes every rank.
     seed_everything(opt.seed)
-    device = resolve_device(opt.device)
     precision = resolve_precision(opt.precision, device)
-
-    train_set = load_data_spec(config.data.train, config.data.skip_bad)
-    val_set = load_data_spec(config.data.val, config.data.skip_bad) if config.data.val else None
-    if val_set is None and config.data.val_fraction > 0:
-        train_set, val_set = split_train_val(train_set, config.data.val_fraction, opt.seed)
-
-    resume_from = None
-    if resume:
-        try:
-            resume_from = resolve_checkpoint(out)
-        except FileNotFoundError:
-            resume_from = None  # nothing saved yet: a fresh start is the honest resume
-    elif (out / "checkpoints").exists() or (out / "metrics.jsonl").exists():
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another `out`")
+    data = load_run_data(config.data, opt.seed)
+    resume_from = _resume_checkpoint(out, resume)
     if resume_from is not None:
         model = load_model(resume_from, device=device)
         tokenizer = load_tokenizer(resume_from)
     else:
         model_config = model_config_of(config)
-        tokenizer = make_tokenizer(model_config, train_set)
+        context_length = int(model_config["text"]["context_length"])
+        tokenizer = shared_tokenizer(lambda: tokenizer_for(model_config, data.captions()), context_length, info)
         model = build_model(model_config).to(device)
-    with (out / "run_config.yaml").open("w", encoding="utf-8") as handle:
-        yaml.safe_dump(run_config_to_dict(config), handle, sort_keys=False)
+    if info.is_main:
+        with (out / "run_config.yaml").open("w", encoding="utf-8") as handle:
+            yaml.safe_dump(run_config_to_dict(config), handle, sort_keys=False)
 
-    cached = uses_feature_cache(model, config)
+    # Frozen towers train on their cached outputs; a shard stream is never held in memory, so its towers run.
+    cached = uses_feature_cache(model, config) and data.shard_dir is None
+    features = None
     if cached:
-        features = tower_features(model, tokenizer, train_set, device, progress)
-        train_data: Any = CachedFeatureDataset(features.images, features.captions, features.caption_offsets, opt.seed)
-        collate: Any = collate_cached_features
-        val_features = tower_features(model, tokenizer, val_set, device, progress) if val_set is not None else None
-    else:
-        train_data = ImageCaptionDataset(train_set, image_transform(model.preprocess, train=True), opt.seed)
-        collate = ImageCaptionCollator(tokenizer)
-    if len(train_data) < opt.batch_size:
-        raise ValueError(f"training set has {len(train_data)} images, fewer than batch_size={opt.batch_size}")
-    sampler = ResumableRandomSampler(len(train_data), seed=opt.seed)
-    # The loader draws its worker seeds from its own generator, not the global RNG: the global RNG drives the
-    # augmentations, and a resumed run must find it exactly where the checkpoint left it.
-    loader = DataLoader(
-        train_data, batch_size=opt.batch_size, sampler=sampler, collate_fn=collate, num_workers=opt.num_workers,
-        drop_last=True, generator=torch.Generator().manual_seed(opt.seed),
-    )
+        with main_rank_first(info):  # rank 0 fills the on-disk feature cache, the others read it
+            features = tower_features(model, tokenizer, data.train_set, device, progress)
+    loader = make_train_loader(data, model.preprocess, tokenizer, opt, config.data.shuffle_buffer, info, features)
+    steps_per_epoch = epoch_batches(loader) // opt.accum_steps
+    if steps_per_epoch == 0:
+        raise ValueError(f"one epoch gives each of {info.world_size} process(es) fewer than batch_size x accum_steps "
+                         f"= {opt.batch_size} x {opt.accum_steps} samples: lower them")
 
     optimizer = create_optimizer(model, lr=opt.lr, weight_decay=opt.weight_decay)
-    scheduler = warmup_cosine(optimizer, opt.warmup_steps, total_steps(loader, opt.accum_steps, opt.epochs, opt.max_steps))
+    scheduler = warmup_cosine(optimizer, opt.warmup_steps, total_steps(steps_per_epoch, opt.epochs, opt.max_steps))
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    position = TrainPosition()
+    position, resumed_data = TrainPosition(), None
     if resume_from is not None:
-        position = load_train_state(resume_from, optimizer, scheduler, scaler)
+        position, resumed_data = load_train_state(resume_from, optimizer, scheduler, scaler)
 
-    def evaluate(trained: nn.Module) -> dict[str, float]:
-        if val_set is None:
-            return {}
-        if cached:
-            return evaluate_cached(trained, val_features, val_set)
-        return evaluate_retrieval(trained, tokenizer, val_set, image_transform(model.preprocess), progress=False)
+    def save(at: TrainPosition) -> Path:
+        return save_checkpoint(out, model, tokenizer, at, optimizer, scheduler, scaler, data_state=data_state(loader, at))
 
     settings = LoopSettings(
         device=device, precision=precision, accum_steps=opt.accum_steps, grad_clip=opt.grad_clip,
         log_every=opt.log_every, checkpoint_every=opt.checkpoint_every, max_steps=opt.max_steps, progress=progress,
+        grad_cache_micro_batch=opt.grad_cache_micro_batch,
     )
-    save = partial(_save, out, model, tokenizer, optimizer, scheduler, scaler)
+    trained = model
+    if info.is_distributed:
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     position = fit(
-        model, loader, make_loss(model.config, opt.label_smoothing), optimizer, scheduler, settings, opt.epochs,
-        position=position, scaler=scaler, log=MetricsLog(out / "metrics.jsonl"), save_checkpoint=save,
-        evaluate=evaluate,
+        trained, loader, make_loss(model.config, opt.label_smoothing, opt.local_loss, opt.gather_with_grad),
+        optimizer, scheduler, settings, opt.epochs, position=position, scaler=scaler,
+        log=MetricsLog(out / "metrics.jsonl") if info.is_main else None,
+        save_checkpoint=save if info.is_main else None,
+        evaluate=_evaluator(data, model, tokenizer, cached, device, info), data_state=resumed_data,
     )
-    checkpoint = save(position)
-    return TrainResult(model, tokenizer, checkpoint, position, train_set, val_set)
+    checkpoint = save(position) if info.is_main else checkpoint_path(out, position.step)
+    barrier(info)  # every rank returns once the final checkpoint exists
+    return TrainResult(model, tokenizer, checkpoint, position, data.train_set, data.val_set, info)
 
 
-def _save(out, model, tokenizer, optimizer, scheduler, scaler, position: TrainPosition) -> Path:
-    return save_checkpoint(out, model, tokenizer, position, optimizer, scheduler, scaler)
+def _resume_checkpoint(out: Path, resume: bool) -> Path | None:
+    """The checkpoint to continue from, None for a fresh start; refuses to train over an earlier run."""
+    if not resume:
+        if (out / "checkpoints").exists() or (out / "metrics.jsonl").exists():
+            raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another `out`")
+        return None
+    try:
+        return resolve_checkpoint(out)
+    except FileNotFoundError:
+        return None  # nothing saved yet: a fresh start is the honest resume
+
+
+def _evaluator(
+    data: RunData, model: DualEncoder, tokenizer: TextTokenizer, cached: bool, device: torch.device, info: DistInfo
+) -> Callable[[nn.Module], dict[str, float]]:
+    """Validation retrieval on rank 0; the other ranks wait at a barrier rather than inside their next collective."""
+    val_features = None
+    if cached and data.val_set is not None and info.is_main:
+        val_features = tower_features(model, tokenizer, data.val_set, device, progress=False)
+
+    def evaluate(trained: nn.Module) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if info.is_main and data.val_set is not None:
+            if val_features is not None:
+                metrics = evaluate_cached(trained, val_features, data.val_set)
+            else:
+                metrics = evaluate_retrieval(trained, tokenizer, data.val_set, image_transform(model.preprocess),
+                                             progress=False)
+        barrier(info)
+        return metrics
+
+    return evaluate

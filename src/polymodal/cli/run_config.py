@@ -14,23 +14,29 @@ from polymodal.factory import get_model_config
 @dataclass
 class DataConfig:
     """Where the pairs come from. Each entry is a catalog name (``shapes``, ``openmoji``), a path to a
-    supported file/folder, or a dict ``{name: ..., split: ..., size: ...}``."""
+    supported file/folder, or a dict ``{name: ..., split: ..., size: ...}``. A ``train`` directory holding a
+    ``shards.json`` (``polymodal data shard``) is streamed from its tar shards instead of loaded."""
 
     train: Any = field(default_factory=lambda: {"name": "shapes", "split": "train", "size": 4000})
     val: Any = field(default_factory=lambda: {"name": "shapes", "split": "val", "size": 500})
     val_fraction: float = 0.0  # carve the validation set out of `train` instead (when `val` is null)
     skip_bad: bool = False
+    shuffle_buffer: int = 1000  # samples held for shuffling a shard stream (more mixes better, costs memory)
 
 
 @dataclass
 class OptimConfig:
+    """Optimisation settings. ``batch_size`` is per process, as open_clip's ``--batch-size`` is per GPU: under
+    ``torchrun`` with W processes a step sees ``batch_size x W`` pairs (x ``accum_steps``)."""
+
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.1
     warmup_steps: int = 50
     grad_clip: float | None = 1.0
-    accum_steps: int = 1
+    accum_steps: int = 1  # plain accumulation: each micro-batch is its own contrastive batch (fewer negatives)
+    grad_cache_micro_batch: int | None = None  # GradCache: the whole batch's negatives, this many rows per pass
     max_steps: int | None = None
     precision: str = "auto"
     seed: int = 0
@@ -38,6 +44,11 @@ class OptimConfig:
     log_every: int = 10
     checkpoint_every: int = 200
     label_smoothing: float = 0.0
+    # CLIP loss across processes, as open_clip's --local-loss / --gather-with-grad (both off by default there).
+    # Global loss without gather_with_grad gives tower gradients 1/W of the single-process ones; turn
+    # gather_with_grad on for exactly the single-process gradients, local_loss on for (B, W·B) logits per rank.
+    local_loss: bool = False
+    gather_with_grad: bool = False
     cache_features: bool = True  # frozen towers: compute their outputs once and train on the cache
     device: str = "auto"
 

@@ -96,20 +96,28 @@ def collate_cached_features(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> d
 
 
 class ResumableRandomSampler(Sampler[int]):
-    """A per-epoch permutation seeded by (seed, epoch) that can start part-way through.
+    """A per-epoch permutation seeded by (seed, epoch), shared by every rank, that can start part-way through.
 
-    ``start`` skips the first ``start`` indices of the epoch's order: resuming after ``k`` batches sets
-    ``start = k * batch_size`` and the run continues with the very batch it would have seen next.
+    Rank r takes positions ``r, r + W, r + 2W, ...`` of the permutation (W = ``world_size``). With a per-rank
+    batch of B, global batch j is then positions ``[j·B·W, (j+1)·B·W)``: after k global batches exactly the first
+    ``k·B·W`` positions are consumed, whatever W was. ``start`` counts those global samples, so a run resumed with
+    another world size continues at the same place in the epoch's order. Every rank gets
+    ``(length - start) // world_size`` indices (the remainder is dropped), so all ranks step in lockstep.
     """
 
-    def __init__(self, length: int, seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(self, length: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         self.length = length
         self.seed = seed
         self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
         self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Begin ``epoch`` after its first ``start`` samples (counted over all ranks)."""
         self.epoch = epoch
         self.start = start
 
@@ -119,7 +127,8 @@ class ResumableRandomSampler(Sampler[int]):
             order = torch.randperm(self.length, generator=generator).tolist()
         else:
             order = list(range(self.length))
-        return iter(order[self.start :])
+        end = self.start + len(self) * self.world_size
+        return iter(order[self.start + self.rank : end : self.world_size])
 
     def __len__(self) -> int:
-        return self.length - self.start
+        return max(0, self.length - self.start) // self.world_size

@@ -169,6 +169,19 @@ def _shard_list(source: str | Path | Sequence[str | Path]) -> tuple[list[Path], 
     return paths, counts
 
 
+def read_captions(source: str | Path | Sequence[str | Path]) -> Iterator[str]:
+    """Every caption in the shards, in index order, from the ``.json`` members alone (no image is decoded):
+    what a tokenizer trains on before a streamed run."""
+    for path in _shard_list(source)[0]:
+        try:
+            with tarfile.open(path, "r|") as tar:
+                for member in tar:
+                    if member.isfile() and member.name.endswith(".json"):
+                        yield from json.loads(tar.extractfile(member).read())["captions"]
+        except (tarfile.TarError, EOFError, ValueError, KeyError) as error:  # a torn tar, bad JSON, no captions
+            raise DataError(path, None, f"cannot read captions ({error!r})") from None
+
+
 @dataclass(frozen=True)
 class ShardSample:
     """One sample read from a shard: the record as written, its image, and its index in the written set."""

@@ -1,7 +1,8 @@
 """Checkpoints: one directory per save, written whole or not at all.
 
 Layout of ``RUN/checkpoints/step_000500/``: ``model.safetensors`` (weights), ``config.json`` (model config),
-``tokenizer.json``, ``train_state.pt`` (optimizer, scheduler, scaler, step/epoch position, RNG states).
+``tokenizer.json``, ``train_state.pt`` (optimizer, scheduler, scaler, step/epoch position, RNG states, and a
+data stream's own resume position).
 ``RUN/checkpoints/latest`` names the newest complete one. A save writes into a hidden temporary directory and
 renames it into place, then rewrites ``latest``: a crash at any moment leaves the previous checkpoint intact.
 """
@@ -33,11 +34,15 @@ WEIGHTS, CONFIG, TOKENIZER, TRAIN_STATE, LATEST = (
 
 @dataclass
 class TrainPosition:
-    """Where training stands: optimizer steps taken, current epoch, batches of that epoch already consumed."""
+    """Where training stands: optimizer steps taken, current epoch, and samples of that epoch already consumed.
+
+    ``samples_in_epoch`` counts over all ranks (global batch x micro-batches), so a checkpoint written by one world
+    size can be resumed by another at the same place in the epoch.
+    """
 
     step: int = 0
     epoch: int = 0
-    batch_in_epoch: int = 0
+    samples_in_epoch: int = 0
 
 
 def _rng_state() -> dict[str, Any]:
@@ -72,11 +77,16 @@ def save_checkpoint(
     scheduler: Any = None,
     scaler: torch.amp.GradScaler | None = None,
     keep_last: int = 2,
+    data_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``run_dir/checkpoints/step_NNNNNN`` atomically, point ``latest`` at it, prune old ones."""
-    folder = Path(run_dir) / "checkpoints"
+    """Write ``run_dir/checkpoints/step_NNNNNN`` atomically, point ``latest`` at it, prune old ones.
+
+    ``data_state`` is a streaming dataset's own record of its position (``None`` for a sampler, which resumes
+    from ``position`` alone).
+    """
+    final = checkpoint_path(run_dir, position.step)
+    folder = final.parent
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step_{position.step:06d}"
     staging = Path(tempfile.mkdtemp(dir=folder, prefix=".staging-"))
     try:
         save_weights(model, staging)
@@ -88,6 +98,7 @@ def save_checkpoint(
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": _rng_state(),
+                "data": data_state,
             },
             staging / TRAIN_STATE,
         )
@@ -102,6 +113,11 @@ def save_checkpoint(
     for old in sorted(folder.glob("step_*"))[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    """Where :func:`save_checkpoint` puts the checkpoint of ``step``."""
+    return Path(run_dir) / "checkpoints" / f"step_{step:06d}"
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -148,8 +164,9 @@ def load_train_state(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     scaler: torch.amp.GradScaler | None = None,
-) -> TrainPosition:
-    """Restore optimizer/scheduler/scaler/RNG from a checkpoint and return where training stood."""
+) -> tuple[TrainPosition, dict[str, Any] | None]:
+    """Restore optimizer/scheduler/scaler/RNG from a checkpoint; return where training stood and the data
+    stream's saved position (``None`` when there was none)."""
     checkpoint = resolve_checkpoint(path)
     state = torch.load(checkpoint / TRAIN_STATE, map_location="cpu", weights_only=False)
     if optimizer is not None and state["optimizer"] is not None:
@@ -159,4 +176,4 @@ def load_train_state(
     if scaler is not None and state["scaler"] is not None:
         scaler.load_state_dict(state["scaler"])
     _set_rng_state(state["rng"])
-    return TrainPosition(**state["position"])
+    return TrainPosition(**state["position"]), state["data"]

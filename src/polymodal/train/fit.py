@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from polymodal.train.checkpoint import TrainPosition
-from polymodal.train.loop import LoopSettings, is_finished, steps_per_epoch, train_one_epoch
+from polymodal.train.data_position import seek
+from polymodal.train.loop import LoopSettings, is_finished, train_one_epoch, unwrap_model
 from polymodal.train.metrics_log import MetricsLog
 
 
@@ -25,29 +26,30 @@ def fit(
     log: MetricsLog | None = None,
     save_checkpoint: Callable[[TrainPosition], Any] | None = None,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    data_state: dict[str, Any] | None = None,
 ) -> TrainPosition:
     """Train until ``epochs`` (or ``settings.max_steps``) starting from ``position``.
 
-    The loader's sampler and dataset must offer ``set_epoch``; the sampler's ``set_epoch(epoch, start)`` lets a
-    resumed run skip the samples the interrupted run had already consumed in that epoch.
+    Each epoch the loader is pointed at ``position`` (``data_position.seek``): a sampler reshuffles from
+    ``(seed, epoch)`` and skips the samples already consumed; a stream starts its epoch or, mid-epoch, loads
+    ``data_state``. Under DDP every rank calls this with the same arguments except ``log`` and
+    ``save_checkpoint`` (rank 0 only); ``evaluate`` receives the unwrapped model on every rank.
     """
     position = position or TrainPosition()
-    sampler, dataset = loader.sampler, loader.dataset
-    batch_size = loader.batch_size or 1
     while not is_finished(position, epochs, settings.max_steps):
-        sampler.set_epoch(position.epoch, start=position.batch_in_epoch * batch_size)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(position.epoch)
+        batches = seek(loader, position, data_state)
+        first_step = position.step
         position = train_one_epoch(
-            model, loader, loss_fn, optimizer, scheduler, position, settings, scaler, log, save_checkpoint
+            model, loader, loss_fn, optimizer, scheduler, position, settings, batches,
+            scaler=scaler, log=log, save_checkpoint=save_checkpoint,
         )
-        if position.batch_in_epoch // settings.accum_steps < steps_per_epoch(loader, settings.accum_steps):
+        if position.step - first_step < batches // settings.accum_steps:
             break  # stopped by max_steps mid-epoch
         if evaluate is not None:
-            metrics = evaluate(model)
+            metrics = evaluate(unwrap_model(model))
             if log is not None:
                 log.write({"step": position.step, "epoch": position.epoch, **{f"val/{k}": v for k, v in metrics.items()}})
-        position = TrainPosition(step=position.step, epoch=position.epoch + 1, batch_in_epoch=0)
+        position = TrainPosition(step=position.step, epoch=position.epoch + 1, samples_in_epoch=0)
         if save_checkpoint is not None:
             save_checkpoint(position)
     return position

@@ -5,19 +5,24 @@ building those from a config happens once, at the edge (``cli/``).
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from polymodal.distributed import get_world_size
 from polymodal.models.dual_encoder import MAX_LOGIT_SCALE
 from polymodal.precision import autocast_context
 from polymodal.train.checkpoint import TrainPosition
+from polymodal.train.grad_cache import grad_cache_step
 from polymodal.train.metrics_log import MetricsLog
 
 
@@ -35,6 +40,9 @@ class LoopSettings:
         checkpoint_every: optimizer steps between checkpoints (0: only when ``fit`` ends).
         max_steps: stop after this many optimizer steps in total (None: run all epochs).
         progress: show a progress bar.
+        grad_cache_micro_batch: rows per forward pass with a graph under GradCache (``train/grad_cache.py``):
+            each loader batch stays one contrastive batch (its negatives are the whole batch, gathered over
+            ranks), computed in micro-batches to bound activation memory. None: one forward per batch.
     """
 
     device: torch.device
@@ -45,10 +53,25 @@ class LoopSettings:
     checkpoint_every: int = 0
     max_steps: int | None = None
     progress: bool = True
+    grad_cache_micro_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.accum_steps < 1:
+            raise ValueError(f"accum_steps must be >= 1, got {self.accum_steps}")
+        if self.grad_cache_micro_batch is not None and self.accum_steps != 1:
+            raise ValueError(
+                "grad_cache_micro_batch and accum_steps > 1 are two ways to split a batch: GradCache keeps the "
+                "whole batch's negatives, plain accumulation does not. Choose one (set accum_steps: 1)."
+            )
 
 
 def move_to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model itself: DDP keeps its attributes (``logit_scale``, ``config``) on ``.module``."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def train_one_epoch(
@@ -59,45 +82,61 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     position: TrainPosition,
     settings: LoopSettings,
+    batches: int,
     scaler: torch.amp.GradScaler | None = None,
     log: MetricsLog | None = None,
     save_checkpoint: Callable[[TrainPosition], Any] | None = None,
 ) -> TrainPosition:
-    """Run the rest of one epoch from ``position`` (which the caller's sampler already skipped to).
+    """Run the rest of one epoch from ``position`` (which the caller already pointed the loader at).
 
-    Returns the updated position. Each optimizer step: forward under autocast, loss in fp32, backward,
-    every ``accum_steps`` micro-batches unscale → clip → step → schedule → clamp temperature.
+    Each optimizer step: forward under autocast, loss in fp32, backward (or one GradCache step), every
+    ``accum_steps`` micro-batches unscale → clip → step → schedule → clamp temperature. Under DDP pass the
+    ``DistributedDataParallel`` model: gradients are all-reduced once per optimizer step. Throughput is logged as
+    open_clip defines it: ``samples_per_s`` = global samples (all ranks) / wall time, data-wait time apart.
+
+    Args:
+        batches: micro-batches left in this epoch on this rank (``data_position.seek``); a trailing group of
+            fewer than ``accum_steps`` would step with a smaller batch, so it is dropped.
+
+    Returns:
+        The updated position (``samples_in_epoch`` counts over all ranks).
     """
     model.train()
-    device, accum = settings.device, settings.accum_steps
-    steps_in_epoch = steps_per_epoch(loader, accum)
-    bar = tqdm(
-        total=steps_in_epoch,
-        initial=position.batch_in_epoch // accum,
-        desc=f"epoch {position.epoch}",
-        disable=not settings.progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+    module = unwrap_model(model)
+    device, accum, world_size = settings.device, settings.accum_steps, get_world_size()
+    steps_left = batches // accum
+    bar = tqdm(total=steps_left, desc=f"epoch {position.epoch}", disable=not settings.progress, file=sys.stderr,
+               dynamic_ncols=True)
     optimizer.zero_grad(set_to_none=True)
+    steps_taken = 0
     window_loss, window_samples, window_steps, window_data_time = 0.0, 0, 0, 0.0
     window_start = tick = time.perf_counter()
     for micro_index, batch in enumerate(loader):
-        if position.batch_in_epoch // accum >= steps_in_epoch:
-            break  # a trailing partial accumulation group would step with a smaller batch: drop it
+        if micro_index >= steps_left * accum:
+            break
         window_data_time += time.perf_counter() - tick
         batch = move_to(batch, device)
-        with autocast_context(settings.precision, device):
-            output = model(**batch)
-        # Contrastive logits need full precision: a bf16 softmax over the batch loses the small differences.
-        loss = loss_fn(**{key: value.float() for key, value in output.items()})
+        last_micro = (micro_index + 1) % accum == 0
+        if settings.grad_cache_micro_batch:
+            # One contrastive batch, embedded in micro-batches; the big-batch gradients accumulate in .grad.
+            autocast = partial(autocast_context, settings.precision, device)
+            loss = grad_cache_step(model, batch, loss_fn, settings.grad_cache_micro_batch, autocast, scaler)
+        else:
+            # Under DDP, micro-batches before the last of a group keep their gradients local (no all-reduce).
+            syncing = last_micro or not isinstance(model, DistributedDataParallel)
+            with contextlib.nullcontext() if syncing else model.no_sync():
+                with autocast_context(settings.precision, device):
+                    output = model(**batch)
+                # Contrastive logits need full precision: a bf16 softmax over the batch loses the small differences.
+                loss = loss_fn(**{key: value.float() for key, value in output.items()})
+                (scaler.scale(loss / accum) if scaler is not None else loss / accum).backward()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {position.step} (epoch {position.epoch})")
-        (scaler.scale(loss / accum) if scaler is not None else loss / accum).backward()
-        position.batch_in_epoch += 1
+        samples = next(iter(batch.values())).shape[0] * world_size  # every rank ran a batch of this size
+        position.samples_in_epoch += samples
         window_loss += loss.item() / accum
-        window_samples += next(iter(batch.values())).shape[0]
-        if position.batch_in_epoch % accum != 0:
+        window_samples += samples
+        if not last_micro:
             tick = time.perf_counter()
             continue
 
@@ -114,20 +153,22 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         with torch.no_grad():
-            model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            module.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         position.step += 1
+        steps_taken += 1
         window_steps += 1
         bar.update(1)
 
-        if position.step % settings.log_every == 0 or position.batch_in_epoch // accum == steps_in_epoch:
+        if position.step % settings.log_every == 0 or steps_taken == steps_left:
             elapsed = time.perf_counter() - window_start
             record = {
                 "step": position.step,
                 "epoch": position.epoch,
                 "loss": window_loss / window_steps,
                 "lr": optimizer.param_groups[-1]["lr"],
-                "logit_scale": float(model.logit_scale.detach().exp()),
+                "logit_scale": float(module.logit_scale.detach().exp()),
                 "samples_per_s": window_samples / max(elapsed, 1e-9),
+                "samples_per_s_per_rank": window_samples / world_size / max(elapsed, 1e-9),
                 "data_time_s": window_data_time / window_steps,
                 "step_time_s": elapsed / window_steps,
             }
@@ -147,25 +188,10 @@ def train_one_epoch(
     return position
 
 
-def steps_per_epoch(loader: torch.utils.data.DataLoader, accum_steps: int) -> int:
-    """Optimizer steps in a full epoch; counted from the dataset, not ``len(loader)``, because a resumed
-    epoch's loader skips the batches already seen. Partial batches are dropped (``drop_last=True``)."""
-    batches = len(loader.dataset) // (loader.batch_size or 1)
-    steps = batches // accum_steps
-    if steps == 0:
-        raise ValueError(
-            f"{len(loader.dataset)} samples make {batches} full batches of {loader.batch_size}, fewer than "
-            f"accum_steps={accum_steps}: lower batch_size or accum_steps"
-        )
-    return steps
-
-
-def total_steps(loader: torch.utils.data.DataLoader, accum_steps: int, epochs: int, max_steps: int | None) -> int:
-    total = steps_per_epoch(loader, accum_steps) * epochs
+def total_steps(steps_per_epoch: int, epochs: int, max_steps: int | None) -> int:
+    total = steps_per_epoch * epochs
     return min(total, max_steps) if max_steps else total
 
 
 def is_finished(position: TrainPosition, epochs: int, max_steps: int | None) -> bool:
     return position.epoch >= epochs or (max_steps is not None and position.step >= max_steps)
-
-
