@@ -62,21 +62,17 @@ def plot_training_curve(metrics_jsonl: str | Path, out_png: str | Path) -> Path 
 def plot_search_grid(
     queries: Sequence[str], results: Sequence[Sequence[tuple[Image.Image, float]]], out_png: str | Path
 ) -> Path:
-    """One row per text query: the query above its top-k images with their cosine scores."""
+    """One row per text query: the query above its top-k images, each with its cosine score below it."""
     columns = max(len(hits) for hits in results)
-    figure, axes = plt.subplots(len(queries), columns, figsize=(1.9 * columns, 2.2 * len(queries)), dpi=110,
-                                squeeze=False)
-    for row, (query, hits) in enumerate(zip(queries, results)):
-        for column in range(columns):
-            axis = axes[row][column]
-            axis.axis("off")
+    figure = plt.figure(figsize=(1.9 * columns, 2.3 * len(queries)), dpi=110, layout="constrained")
+    for row_figure, query, hits in zip(figure.subfigures(len(queries), 1), queries, results):
+        row_figure.suptitle(f"“{query}”", x=0.01, ha="left", fontsize=11, weight="bold")
+        for column, axis in enumerate(row_figure.subplots(1, columns, squeeze=False)[0]):
+            axis.set_axis_off()
             if column < len(hits):
                 image, score = hits[column]
                 axis.imshow(image)
-                axis.text(0.5, -0.04, f"{score:.3f}", transform=axis.transAxes, ha="center", va="top", fontsize=8)
-        axes[row][0].text(0, 1.06, f"“{query}”", transform=axes[row][0].transAxes, fontsize=10, weight="bold",
-                          va="bottom")
-    figure.tight_layout(h_pad=2.5)
+                axis.set_title(f"{score:.3f}", fontsize=8, y=-0.16)
     out_png = Path(out_png)
     figure.savefig(out_png)
     plt.close(figure)
