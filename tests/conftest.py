@@ -18,4 +18,5 @@ TINY_MODEL = {
 
 @pytest.fixture(scope="session")
 def tiny_model_config() -> dict:
+    """Shared by the whole session (module-scoped fixtures use it): copy before changing it."""
     return copy.deepcopy(TINY_MODEL)

@@ -1,14 +1,20 @@
 """The quickstart recipe end to end, made small with the same overrides `polymodal train --set` takes."""
+import copy
 import json
 
 from polymodal.cli.quickstart_recipe import run_quickstart
 from polymodal.train.checkpoint import load_model
 
 
+def model_at_64px(tiny_model_config: dict) -> dict:
+    model = copy.deepcopy(tiny_model_config)  # the fixture is shared by the session: never mutate it
+    model["image"]["image_size"] = 64
+    return model
+
+
 def test_shapes_quickstart_writes_everything_and_beats_chance(tmp_path, tiny_model_config, capsys):
-    tiny_model_config["image"]["image_size"] = 64
     overrides = [
-        f"model={json.dumps(tiny_model_config)}",
+        f"model={json.dumps(model_at_64px(tiny_model_config))}",
         "data.train.size=768", "data.val.size=128",
         "train.epochs=6", "train.batch_size=32", "train.checkpoint_every=50",
     ]
@@ -27,9 +33,8 @@ def test_shapes_quickstart_writes_everything_and_beats_chance(tmp_path, tiny_mod
 
 
 def test_a_second_quickstart_into_the_same_folder_starts_afresh(tmp_path, tiny_model_config):
-    overrides = [f"model={json.dumps(tiny_model_config)}", "data.train.size=64", "data.val.size=32",
-                 "train.epochs=1", "train.batch_size=32"]
-    tiny_model_config["image"]["image_size"] = 64
+    overrides = [f"model={json.dumps(model_at_64px(tiny_model_config))}", "data.train.size=64",
+                 "data.val.size=32", "train.epochs=1", "train.batch_size=32"]
     for _ in range(2):
         metrics = run_quickstart(tmp_path, "shapes", progress=False, overrides=overrides)
     assert metrics["train_steps"] == 2

@@ -45,7 +45,7 @@ def test_tiny_model_learns_on_generated_world(tmp_path, tiny_model_config):
     config_file = write_config(tmp_path / "run.yaml", tiny_config(tiny_model_config, tmp_path / "run", epochs=10))
     started = time.perf_counter()
     result = run_training(load_run_config(config_file), progress=False)
-    assert time.perf_counter() - started < 90
+    assert time.perf_counter() - started < 120  # ~20 s on 2 idle cores
     log = read_log(tmp_path / "run")
     losses = [r["loss"] for r in log if "loss" in r]
     recalls = [r["val/text_to_image_R@1"] for r in log if "val/text_to_image_R@1" in r]
