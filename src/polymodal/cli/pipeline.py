@@ -214,7 +214,8 @@ def _train(config: RunConfig, resume: bool, progress: bool, info: DistInfo, devi
         position, resumed_data = load_train_state(resume_from, optimizer, scheduler, scaler)
 
     def save(at: TrainPosition) -> Path:
-        return save_checkpoint(out, model, tokenizer, at, optimizer, scheduler, scaler, data_state=data_state(loader, at))
+        stream_position = data_state(loader, at)  # a shard stream's own record; None for the sampler
+        return save_checkpoint(out, model, tokenizer, at, optimizer, scheduler, scaler, data_state=stream_position)
 
     settings = LoopSettings(
         device=device, precision=precision, accum_steps=opt.accum_steps, grad_clip=opt.grad_clip,
