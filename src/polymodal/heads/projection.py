@@ -30,9 +30,9 @@ class ResidualProjection(nn.Module):
         nn.init.zeros_(self.correction.weight)
         nn.init.zeros_(self.correction.bias)
 
-    def residual_branch(self) -> nn.Module:
-        """The learned, zero-initialised part (what WiSE-FT mixing scales)."""
-        return self.correction
+    def zero_shot(self, features: torch.Tensor) -> torch.Tensor:
+        """The untrained part: the tower's own embedding."""
+        return features
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features + self.correction(features)
