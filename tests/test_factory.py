@@ -1,11 +1,12 @@
 """Every preset builds, runs forward and backward; configs and overrides behave."""
+import copy
 import json
 
 import pytest
 import torch
 
 import polymodal
-from polymodal.factory import apply_overrides, create_model, get_model_config, list_models
+from polymodal.factory import apply_overrides, build_model, create_model, get_model_config, list_models
 from polymodal.losses import ClipLoss, SigLipLoss
 
 SCRATCH = [name for name in list_models() if get_model_config(name)["image"]["type"] in ("vit", "resnet")]
@@ -56,3 +57,30 @@ def test_presets_are_valid_json_with_description():
         config = get_model_config(name)
         assert config["description"] and config["loss"] in ("clip", "siglip")
         json.dumps(config)
+
+
+def test_grad_checkpointing_gives_the_same_loss_and_gradients(tiny_model_config) -> None:
+    config = copy.deepcopy(tiny_model_config)
+    config["text"] = {"type": "transformer", "context_length": 8, "vocab_size": 64, "width": 32, "layers": 2,
+                      "heads": 4}
+    batch = {"image": torch.randn(4, 3, 32, 32), "input_ids": torch.randint(1, 64, (4, 8))}
+    results = []
+    for enabled in (False, True):
+        torch.manual_seed(0)
+        model = build_model(apply_overrides(config, {"image.grad_checkpointing": enabled,
+                                                     "text.grad_checkpointing": enabled}))
+        assert model.image_encoder.transformer.grad_checkpointing is enabled
+        assert model.text_encoder.transformer.grad_checkpointing is enabled
+        loss = ClipLoss()(**model(**batch))
+        loss.backward()
+        results.append((loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}))
+    (loss, grads), (loss_ckpt, grads_ckpt) = results
+    torch.testing.assert_close(loss_ckpt, loss)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_ckpt[name], grad, msg=lambda m: f"{name}: {m}")
+
+
+def test_grad_checkpointing_on_a_tower_without_it_is_an_error(tiny_model_config) -> None:
+    config = apply_overrides(copy.deepcopy(tiny_model_config), {"text.grad_checkpointing": True})
+    with pytest.raises(ValueError, match="text.type 'gru' does not support gradient checkpointing"):
+        build_model(config)

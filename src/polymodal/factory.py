@@ -88,16 +88,37 @@ def _build_text_encoder(spec: dict[str, Any]) -> nn.Module:
     raise ValueError(f"text.type {kind!r} is not one of: transformer, gru, minilm")
 
 
+def _set_grad_checkpointing(encoder: nn.Module, enable: bool, tower: str, kind: str) -> None:
+    """Turn on activation recompute for ``tower`` (``{tower}.grad_checkpointing: true``), if its encoder has it.
+
+    Only the from-scratch transformers recompute per block; asking for it elsewhere is a config error rather
+    than a silent no-op, since the user is counting on the memory saving.
+    """
+    if not enable:
+        return
+    if not hasattr(encoder, "set_grad_checkpointing"):
+        raise ValueError(f"{tower}.grad_checkpointing: {tower}.type {kind!r} does not support gradient "
+                         "checkpointing (only the transformer towers do: image 'vit', text 'transformer')")
+    encoder.set_grad_checkpointing(True)
+
+
 def build_model(config: dict[str, Any], for_loading: bool = False) -> DualEncoder:
     """Build a :class:`DualEncoder` from a config dict (a preset's JSON, possibly overridden).
 
     ``for_loading=True`` skips work whose result a checkpoint is about to overwrite (derived buffers).
+    ``image.grad_checkpointing`` / ``text.grad_checkpointing: true`` recompute that tower's transformer blocks
+    in the backward pass (less activation memory, one more forward's compute).
     """
     for section in ("embed_dim", "image", "text"):
         if section not in config:
             raise KeyError(f"model config is missing {section!r}")
-    image_encoder, preprocess = _build_image_encoder(config["image"])
-    text_encoder = _build_text_encoder(config["text"])
+    image_spec, text_spec = dict(config["image"]), dict(config["text"])
+    image_checkpointing = bool(image_spec.pop("grad_checkpointing", False))
+    text_checkpointing = bool(text_spec.pop("grad_checkpointing", False))
+    image_encoder, preprocess = _build_image_encoder(image_spec)
+    text_encoder = _build_text_encoder(text_spec)
+    _set_grad_checkpointing(image_encoder, image_checkpointing, "image", image_spec["type"])
+    _set_grad_checkpointing(text_encoder, text_checkpointing, "text", text_spec["type"])
     embed_dim = int(config["embed_dim"])
     bridge = config.get("bridge")
     if bridge is not None:

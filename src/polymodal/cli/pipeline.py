@@ -1,11 +1,13 @@
 """Build everything a run needs from a :class:`RunConfig` (the edge), then hand built parts to the library.
 
 Under ``torchrun`` every rank runs :func:`run_training`: each trains on its share of every global batch
-(``train.batch_size`` is per rank) in a ``DistributedDataParallel`` model, and rank 0 alone logs, evaluates and
-writes the run directory. The data side (datasets, shard streams, tokenizer, loader) is in ``pipeline_data``.
+(``train.batch_size`` is per rank) in a ``DistributedDataParallel`` model (or, with ``train.fsdp``, a model sharded
+with FSDP2), and rank 0 alone logs, evaluates and writes the run directory (under FSDP every rank takes part in
+evaluating and checkpointing, whose gathers are collective, while rank 0 still writes all but the shards). The data side (datasets, shard streams, tokenizer, loader) is in ``pipeline_data``.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 from collections.abc import Callable
@@ -54,6 +56,7 @@ from polymodal.train.checkpoint import (
 )
 from polymodal.train.data_position import data_state, epoch_batches
 from polymodal.train.fit import fit
+from polymodal.train.fsdp import SHARDED, load_sharded_state, save_fsdp_checkpoint, shard_model
 from polymodal.train.loop import LoopSettings, total_steps
 from polymodal.train.metrics_log import MetricsLog
 from polymodal.train.optim import create_optimizer
@@ -175,6 +178,9 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
 
 def _train(config: RunConfig, resume: bool, progress: bool, info: DistInfo, device: torch.device) -> TrainResult:
     out, opt = Path(config.out), config.train
+    if opt.fsdp and not info.is_distributed:
+        raise ValueError("train.fsdp shards the model over processes: start the run with --nproc N (N >= 2) "
+                         "or torchrun")
     out.mkdir(parents=True, exist_ok=True)
     # The same seed on every rank: identical initial weights (DDP also broadcasts rank 0's) and augmentation RNG
     # streams that stay in step, so the RNG state rank 0 saves resumes every rank.
@@ -206,15 +212,26 @@ def _train(config: RunConfig, resume: bool, progress: bool, info: DistInfo, devi
         raise ValueError(f"one epoch gives each of {info.world_size} process(es) fewer than batch_size x accum_steps "
                          f"= {opt.batch_size} x {opt.accum_steps} samples: lower them")
 
+    # Built before sharding: with cached features rank 0 runs the (still whole) towers over the validation set.
+    evaluate = _evaluator(data, model, tokenizer, cached, device, info, opt.fsdp)
+    if opt.fsdp:
+        shard_model(model)  # before the optimizer, which must hold the sharded parameters
+    elif resume_from is not None and (resume_from / SHARDED).is_dir():
+        raise ValueError(f"{resume_from} was saved by an FSDP run and its optimizer state is sharded: "
+                         "resume it with train.fsdp: true")
     optimizer = create_optimizer(model, lr=opt.lr, weight_decay=opt.weight_decay)
     scheduler = warmup_cosine(optimizer, opt.warmup_steps, total_steps(steps_per_epoch, opt.epochs, opt.max_steps))
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     position, resumed_data = TrainPosition(), None
     if resume_from is not None:
-        position, resumed_data = load_train_state(resume_from, optimizer, scheduler, scaler)
+        if opt.fsdp:
+            load_sharded_state(resume_from, model, optimizer)
+        position, resumed_data = load_train_state(resume_from, None if opt.fsdp else optimizer, scheduler, scaler)
 
     def save(at: TrainPosition) -> Path:
         stream_position = data_state(loader, at)  # a shard stream's own record; None for the sampler
+        if opt.fsdp:
+            return save_fsdp_checkpoint(out, model, tokenizer, at, optimizer, scheduler, scaler, stream_position)
         return save_checkpoint(out, model, tokenizer, at, optimizer, scheduler, scaler, data_state=stream_position)
 
     settings = LoopSettings(
@@ -222,17 +239,18 @@ def _train(config: RunConfig, resume: bool, progress: bool, info: DistInfo, devi
         log_every=opt.log_every, checkpoint_every=opt.checkpoint_every, max_steps=opt.max_steps, progress=progress,
         grad_cache_micro_batch=opt.grad_cache_micro_batch,
     )
-    trained = model
-    if info.is_distributed:
+    trained = model  # an FSDP model is sharded in place and trains as itself
+    if info.is_distributed and not opt.fsdp:
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # An FSDP checkpoint gathers weights and writes shards on every rank, so every rank saves; otherwise rank 0.
+    saves = info.is_main or opt.fsdp
     position = fit(
         trained, loader, make_loss(model.config, opt.label_smoothing, opt.local_loss, opt.gather_with_grad),
         optimizer, scheduler, settings, opt.epochs, position=position, scaler=scaler,
         log=MetricsLog(out / "metrics.jsonl") if info.is_main else None,
-        save_checkpoint=save if info.is_main else None,
-        evaluate=_evaluator(data, model, tokenizer, cached, device, info), data_state=resumed_data,
+        save_checkpoint=save if saves else None, evaluate=evaluate, data_state=resumed_data,
     )
-    checkpoint = save(position) if info.is_main else checkpoint_path(out, position.step)
+    checkpoint = save(position) if saves else checkpoint_path(out, position.step)
     barrier(info)  # every rank returns once the final checkpoint exists
     return TrainResult(model, tokenizer, checkpoint, position, data.train_set, data.val_set, info)
 
@@ -250,16 +268,24 @@ def _resume_checkpoint(out: Path, resume: bool) -> Path | None:
 
 
 def _evaluator(
-    data: RunData, model: DualEncoder, tokenizer: TextTokenizer, cached: bool, device: torch.device, info: DistInfo
+    data: RunData, model: DualEncoder, tokenizer: TextTokenizer, cached: bool, device: torch.device, info: DistInfo,
+    fsdp: bool = False,
 ) -> Callable[[nn.Module], dict[str, float]]:
-    """Validation retrieval on rank 0; the other ranks wait at a barrier rather than inside their next collective."""
+    """Validation retrieval on rank 0; the other ranks wait at a barrier rather than inside their next collective.
+
+    Under FSDP every rank evaluates (the same batches, only rank 0's metrics are logged): a sharded forward
+    gathers parameters from all ranks, so rank 0 cannot run it alone. Call before the model is sharded.
+    """
+    evaluates = info.is_main or fsdp
     val_features = None
-    if cached and data.val_set is not None and info.is_main:
-        val_features = tower_features(model, tokenizer, data.val_set, device, progress=False)
+    if cached and data.val_set is not None and evaluates:
+        # Under FSDP rank 0 fills the on-disk feature cache, then the others read it; otherwise rank 0 is alone here.
+        with main_rank_first(info) if fsdp else contextlib.nullcontext():
+            val_features = tower_features(model, tokenizer, data.val_set, device, progress=False)
 
     def evaluate(trained: nn.Module) -> dict[str, float]:
         metrics: dict[str, float] = {}
-        if info.is_main and data.val_set is not None:
+        if evaluates and data.val_set is not None:
             if val_features is not None:
                 metrics = evaluate_cached(trained, val_features, data.val_set)
             else:

@@ -49,6 +49,8 @@ class OptimConfig:
     # gather_with_grad on for exactly the single-process gradients, local_loss on for (B, W·B) logits per rank.
     local_loss: bool = False
     gather_with_grad: bool = False
+    # FSDP2 instead of DDP (several processes): parameters, gradients and optimizer state sharded over ranks.
+    fsdp: bool = False
     cache_features: bool = True  # frozen towers: compute their outputs once and train on the cache
     device: str = "auto"
 

@@ -2,7 +2,8 @@
 
 Layout of ``RUN/checkpoints/step_000500/``: ``model.safetensors`` (weights), ``config.json`` (model config),
 ``tokenizer.json``, ``train_state.pt`` (optimizer, scheduler, scaler, step/epoch position, RNG states, and a
-data stream's own resume position).
+data stream's own resume position). An FSDP run adds ``sharded/`` (model and optimizer shards, ``train/fsdp.py``)
+and keeps its optimizer state there only.
 ``RUN/checkpoints/latest`` names the newest complete one. A save writes into a hidden temporary directory and
 renames it into place, then rewrites ``latest``: a crash at any moment leaves the previous checkpoint intact.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -60,9 +62,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_weights(model: nn.Module, directory: Path) -> None:
-    """Weights + config (+ tokenizer) only: enough to load the model for inference."""
-    state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+def save_weights(model: nn.Module, directory: Path, model_state: dict[str, torch.Tensor] | None = None) -> None:
+    """Weights + config (+ tokenizer) only: enough to load the model for inference.
+
+    ``model_state``: the weights to write instead of ``model.state_dict()`` (an FSDP model's gathered full state).
+    """
+    source = model.state_dict() if model_state is None else model_state
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in source.items()}
     with atomic_path(directory / WEIGHTS) as tmp:
         save_file(state, str(tmp))
     write_json(directory / CONFIG, model.config)
@@ -78,18 +84,22 @@ def save_checkpoint(
     scaler: torch.amp.GradScaler | None = None,
     keep_last: int = 2,
     data_state: dict[str, Any] | None = None,
+    model_state: dict[str, torch.Tensor] | None = None,
+    add_files: Callable[[Path], Any] | None = None,
 ) -> Path:
     """Write ``run_dir/checkpoints/step_NNNNNN`` atomically, point ``latest`` at it, prune old ones.
 
     ``data_state`` is a streaming dataset's own record of its position (``None`` for a sampler, which resumes
-    from ``position`` alone).
+    from ``position`` alone). ``model_state`` replaces ``model.state_dict()`` as the saved weights, and
+    ``add_files(staging)`` puts further files into the checkpoint before it is renamed into place (both for
+    FSDP, ``train/fsdp.py``).
     """
     final = checkpoint_path(run_dir, position.step)
     folder = final.parent
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder, prefix=".staging-"))
     try:
-        save_weights(model, staging)
+        save_weights(model, staging, model_state)
         tokenizer.save(staging / TOKENIZER)
         torch.save(
             {
@@ -102,6 +112,8 @@ def save_checkpoint(
             },
             staging / TRAIN_STATE,
         )
+        if add_files is not None:
+            add_files(staging)
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -173,7 +174,8 @@ def train_one_epoch(
                 "step_time_s": elapsed / window_steps,
             }
             if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
+                # Under FSDP the norm of sharded gradients is a replicated DTensor: take its (equal) local value.
+                record["grad_norm"] = float(grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm)
             bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_s']:.0f}")
             if log is not None:
                 log.write(record)
