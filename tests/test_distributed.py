@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -26,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from polymodal import distributed
 from polymodal.losses import ClipLoss, SigLipLoss
 from polymodal.train.grad_cache import grad_cache_step
+from tests.distributed_helpers import free_port
 
 WORLD, LOCAL_BATCH, DIM = 2, 3, 8
 TOL = {"atol": 1e-5, "rtol": 1e-5}
@@ -153,11 +153,6 @@ def rank_main(rank: int, port: int, out_dir: str) -> None:
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     distributed.cleanup()
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +31,7 @@ from polymodal.factory import build_model
 from polymodal.losses import ClipLoss
 from polymodal.train.fit import fit
 from polymodal.train.loop import LoopSettings
+from tests.distributed_helpers import free_port
 
 WORLD, PAIRS, CONTEXT = 2, 64, 24
 # name → (LoopSettings keywords, loader batch per rank under DDP); the one-process reference takes WORLD x that.
@@ -88,11 +88,6 @@ def rank_main(rank: int, port: int, out_dir: str, model_config: dict, configs: d
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     distributed.cleanup()
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_config(model_config: dict, out: Path, train: object, **options: object) -> dict:

@@ -25,7 +25,8 @@ from polymodal.train.checkpoint import TRAIN_STATE, load_model
 from polymodal.train.fit import fit
 from polymodal.train.fsdp import SHARDED, full_model_state, shard_model
 from polymodal.train.loop import LoopSettings
-from tests.train.test_ddp import PAIRS, TOL, RandomPairs, free_port, train_pairs
+from tests.distributed_helpers import free_port
+from tests.train.test_ddp import PAIRS, TOL, RandomPairs, train_pairs
 
 WORLD, BATCH = 2, 8  # per rank; the one-process reference takes WORLD x BATCH
 

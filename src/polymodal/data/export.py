@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +20,7 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from polymodal.data.records import DataError, ImageTextSet
+from polymodal.io import write_bytes, write_json
 
 # Below this many images a progress bar is noise.
 PROGRESS_MIN_IMAGES = 100
@@ -65,7 +64,7 @@ def export_jsonl(dataset: ImageTextSet, out_dir: str | Path, *, overwrite: bool 
                 row["label"] = dataset.class_names[record.label] if dataset.class_names else record.label
             lines.append(json.dumps(row, ensure_ascii=False))
     path = out / "pairs.jsonl"
-    _atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
     return path
 
 
@@ -88,7 +87,7 @@ def export_coco(dataset: ImageTextSet, out_dir: str | Path, *, overwrite: bool =
         "annotations": annotations,
     }
     path = out / "captions.json"
-    _atomic_write_json(path, coco)
+    write_json(path, coco, indent=1)
     return path
 
 
@@ -136,8 +135,8 @@ def export_vqa(
             }
         )
     header = {"info": {"description": dataset.name, "version": "1.0"}, "task_type": "Open-Ended", "license": {}}
-    _atomic_write_json(out / "questions.json", header | {"images": images, "questions": questions})
-    _atomic_write_json(out / "annotations.json", header | {"images": images, "annotations": annotations})
+    write_json(out / "questions.json", header | {"images": images, "questions": questions}, indent=1)
+    write_json(out / "annotations.json", header | {"images": images, "annotations": annotations}, indent=1)
     return out
 
 
@@ -170,23 +169,6 @@ def _write_images(dataset: ImageTextSet, out: Path, progress: bool) -> list[dict
         file_name = f"images/{image_id:06d}.png"
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        _atomic_write(out / file_name, buffer.getvalue())
+        write_bytes(out / file_name, buffer.getvalue())
         entries.append({"id": image_id, "file_name": file_name, "width": image.width, "height": image.height})
     return entries
-
-
-def _atomic_write_json(path: Path, value: Any) -> None:
-    _atomic_write(path, json.dumps(value, ensure_ascii=False, indent=1).encode("utf-8"))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path`` in one step."""
-    # A unique name of our own (not mkstemp, whose files are private) so the result gets the usual permissions.
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temporary, "xb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

@@ -36,12 +36,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import tarfile
-import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,23 +51,12 @@ from tqdm import tqdm
 from polymodal.data.export import PROGRESS_MIN_IMAGES
 from polymodal.data.records import DataError, ImageTextRecord, ImageTextSet
 from polymodal.distributed import DistInfo, get_rank, get_world_size
-from polymodal.io import read_json
+from polymodal.io import atomic_path, read_json
 
 INDEX_NAME = "shards.json"
 IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG"}
 # JPEG at 95 is visually lossless and several times smaller than PNG on photos; use png for exact pixels.
 JPEG_QUALITY = 95
-
-
-@contextmanager
-def _atomic_file(path: Path) -> Iterator[Path]:
-    """A temporary name beside ``path``, renamed onto it only when the block succeeds."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -113,7 +99,7 @@ def write_shards(
     for start in range(0, len(dataset), samples_per_shard):
         path = out / f"{len(paths):06d}.tar"
         chunk = range(start, min(start + samples_per_shard, len(dataset)))
-        with _atomic_file(path) as temporary, tarfile.open(temporary, "w") as tar:
+        with atomic_path(path) as temporary, tarfile.open(temporary, "w") as tar:
             for index in chunk:
                 record = dataset.records[index]
                 image = io.BytesIO()
@@ -130,7 +116,7 @@ def write_shards(
     bar.close()
     listing = {"format": "webdataset", "name": dataset.name, "image_format": image_format, "total": len(dataset),
                "class_names": dataset.class_names, "shards": entries}
-    with _atomic_file(out / INDEX_NAME) as temporary:
+    with atomic_path(out / INDEX_NAME) as temporary:
         temporary.write_text(json.dumps(listing, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     return paths
 
