@@ -22,7 +22,8 @@ def print_table(title: str, rows: Sequence[Mapping[str, object]], console: Conso
     table = Table(title=title, title_justify="left", min_width=60)
     columns = list(rows[0].keys())
     for column in columns:
-        table.add_column(column, justify="left" if column == columns[0] else "right")
+        numeric = isinstance(rows[0][column], (int, float))
+        table.add_column(column, justify="right" if numeric else "left")
     for row in rows:
         table.add_row(*(f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
     (console or Console()).print(table)
