@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,7 +114,9 @@ def tower_features(
     transform = image_transform(model.preprocess)
     model.eval()
     images = cache.get_or_compute(
-        FeatureCache.key("image", model.config["image"], model.preprocess, dataset.name, keys),
+        # The first image's pixels stand in for how the set renders (e.g. openmoji's image_size), which the
+        # record keys alone do not show.
+        FeatureCache.key("image", model.config["image"], model.preprocess, dataset.name, keys, _first_pixels(dataset)),
         lambda: map_images(
             model.image_tower_features, dataset, transform, device, progress=progress, desc=f"image tower · {dataset.name}"
         ),
@@ -123,6 +126,10 @@ def tower_features(
         lambda: map_texts(model.text_tower_features, tokenizer, captions, device, progress=progress, desc="text tower"),
     )
     return TowerFeatures(images, texts, offsets)
+
+
+def _first_pixels(dataset: ImageTextSet) -> str:
+    return hashlib.sha256(dataset.image(0).tobytes()).hexdigest() if len(dataset) else ""
 
 
 def uses_feature_cache(model: DualEncoder, config: RunConfig) -> bool:
