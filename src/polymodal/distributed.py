@@ -12,21 +12,29 @@ loss over the concatenated batch.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 __all__ = [
     "DistInfo",
+    "barrier",
+    "build_on_main_rank",
     "cleanup",
     "gather_no_grad",
     "gather_with_grad",
     "get_rank",
     "get_world_size",
     "init_distributed",
+    "main_rank_first",
     "rank_offset_labels",
 ]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,39 @@ def cleanup() -> None:
     """Leave the process group (if any), so the process exits without NCCL / gloo teardown warnings."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if not info.is_distributed:
+        return
+    if info.device.type == "cuda":
+        dist.barrier(device_ids=[info.device.index])  # NCCL: name the GPU, or it guesses one
+    else:
+        dist.barrier()
+
+
+@contextmanager
+def main_rank_first(info: DistInfo) -> Iterator[None]:
+    """Rank 0 runs the block first (filling on-disk caches), then the other ranks (which find them filled)."""
+    if not info.is_main:
+        barrier(info)
+    yield
+    if info.is_main:
+        barrier(info)
+
+
+def build_on_main_rank(build: Callable[[], T], info: DistInfo) -> T:
+    """``build()`` on rank 0 only, its (picklable) result sent to every other rank.
+
+    For things every rank must share exactly and whose construction is not promised to be deterministic
+    across processes (a BPE vocabulary breaks ties by hash order), or costs each rank a pass over the data.
+    """
+    if not info.is_distributed:
+        return build()
+    payload: list[Any] = [build() if info.is_main else None]
+    dist.broadcast_object_list(payload, src=0)
+    return payload[0]
 
 
 def get_rank() -> int:

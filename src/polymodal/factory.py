@@ -1,4 +1,9 @@
-"""Model presets (JSON in ``configs/``) → built models: the one registry of polymodal."""
+"""Model presets (JSON in ``configs/``, file stem == model name) → built models.
+
+``create_model`` is the one entry: a preset name or a config dict, optional dotted overrides, optionally a saved
+model directory to load instead. Which class gets built is the config's ``family``
+(:mod:`polymodal.models.registry`).
+"""
 from __future__ import annotations
 
 import copy
@@ -9,10 +14,11 @@ from typing import Any
 
 from torch import nn
 
-from polymodal.data.transforms import ImagePreprocess
-from polymodal.heads.ensemble import ZeroShotEnsembleHead
-from polymodal.heads.projection import LinearProjection, ResidualProjection
-from polymodal.models.dual_encoder import DualEncoder
+from polymodal.models.registry import build_model
+from polymodal.models.saving import load_model
+from polymodal.typed_config import ConfigError
+
+__all__ = ["apply_overrides", "create_model", "get_model_config", "list_models", "preset_where"]
 
 
 def _preset_files() -> dict[str, Any]:
@@ -23,6 +29,11 @@ def _preset_files() -> dict[str, Any]:
 def list_models() -> list[str]:
     """Names of the model presets, e.g. ``["clip-resnet-gru", "clip-small", "clip-tiny", ...]``."""
     return sorted(_preset_files())
+
+
+def preset_where(name: str) -> str:
+    """How errors name a preset: its file."""
+    return f"preset {name} (configs/{name}.json)"
 
 
 def get_model_config(name: str) -> dict[str, Any]:
@@ -41,127 +52,30 @@ def apply_overrides(config: dict[str, Any], overrides: dict[str, Any]) -> dict[s
         *parents, leaf = dotted.split(".")
         for part in parents:
             if not isinstance(node.get(part), dict):
-                raise KeyError(f"override {dotted!r}: {part!r} is not a section of the config")
+                raise ConfigError(f"override {dotted!r}: {part!r} is not a section of the config")
             node = node[part]
         node[leaf] = value
     return config
 
 
-def _build_image_encoder(spec: dict[str, Any]) -> tuple[nn.Module, ImagePreprocess]:
-    spec = dict(spec)
-    kind = spec.pop("type")
-    spec.pop("frozen", None)
-    if kind == "efficientnet_lite0":
-        from polymodal.encoders.pretrained import EfficientNetLite0Tower
-
-        tower = EfficientNetLite0Tower(pretrained=spec.pop("pretrained", True), frozen=False)
-        return tower, ImagePreprocess(tower.image_size, tower.mean, tower.std)
-    image_size = spec["image_size"] if kind == "vit" else spec.pop("image_size")
-    if kind == "vit":
-        from polymodal.encoders.image_vit import ViTImageEncoder
-
-        return ViTImageEncoder(**spec), ImagePreprocess(image_size)
-    if kind == "resnet":
-        from polymodal.encoders.image_cnn import ResNetImageEncoder
-
-        return ResNetImageEncoder(**spec), ImagePreprocess(image_size)
-    raise ValueError(f"image.type {kind!r} is not one of: vit, resnet, efficientnet_lite0")
-
-
-def _build_text_encoder(spec: dict[str, Any]) -> nn.Module:
-    spec = dict(spec)
-    kind = spec.pop("type")
-    spec.pop("frozen", None)
-    if kind == "minilm":
-        from polymodal.encoders.pretrained import MiniLMTextTower
-
-        return MiniLMTextTower(frozen=False)
-    if kind == "transformer":
-        from polymodal.encoders.text_transformer import TransformerTextEncoder
-
-        return TransformerTextEncoder(**spec)
-    if kind == "gru":
-        from polymodal.encoders.text_rnn import GRUTextEncoder
-
-        spec.pop("context_length", None)
-        return GRUTextEncoder(**spec)
-    raise ValueError(f"text.type {kind!r} is not one of: transformer, gru, minilm")
-
-
-def _set_grad_checkpointing(encoder: nn.Module, enable: bool, tower: str, kind: str) -> None:
-    """Turn on activation recompute for ``tower`` (``{tower}.grad_checkpointing: true``), if its encoder has it.
-
-    Only the from-scratch transformers recompute per block; asking for it elsewhere is a config error rather
-    than a silent no-op, since the user is counting on the memory saving.
-    """
-    if not enable:
-        return
-    if not hasattr(encoder, "set_grad_checkpointing"):
-        raise ValueError(f"{tower}.grad_checkpointing: {tower}.type {kind!r} does not support gradient "
-                         "checkpointing (only the transformer towers do: image 'vit', text 'transformer')")
-    encoder.set_grad_checkpointing(True)
-
-
-def build_model(config: dict[str, Any], for_loading: bool = False) -> DualEncoder:
-    """Build a :class:`DualEncoder` from a config dict (a preset's JSON, possibly overridden).
-
-    ``for_loading=True`` skips work whose result a checkpoint is about to overwrite (derived buffers).
-    ``image.grad_checkpointing`` / ``text.grad_checkpointing: true`` recompute that tower's transformer blocks
-    in the backward pass (less activation memory, one more forward's compute).
-    """
-    for section in ("embed_dim", "image", "text"):
-        if section not in config:
-            raise KeyError(f"model config is missing {section!r}")
-    image_spec, text_spec = dict(config["image"]), dict(config["text"])
-    image_checkpointing = bool(image_spec.pop("grad_checkpointing", False))
-    text_checkpointing = bool(text_spec.pop("grad_checkpointing", False))
-    image_encoder, preprocess = _build_image_encoder(image_spec)
-    text_encoder = _build_text_encoder(text_spec)
-    _set_grad_checkpointing(image_encoder, image_checkpointing, "image", image_spec["type"])
-    _set_grad_checkpointing(text_encoder, text_checkpointing, "text", text_spec["type"])
-    embed_dim = int(config["embed_dim"])
-    bridge = config.get("bridge")
-    if bridge is not None:
-        from polymodal.heads.bridge_head import build_conse_image_head
-
-        options = {key: value for key, value in bridge.items() if key != "type"}
-        if bridge.get("type") != "conse":
-            raise ValueError(f"bridge.type {bridge.get('type')!r} is not one of: conse")
-        # Both heads ensemble their zero-shot part with the fine-tuned whole (weight 0 while training).
-        image_head = ZeroShotEnsembleHead(
-            build_conse_image_head(image_encoder, text_encoder, embed_dim, embed_class_names=not for_loading, **options)
-        )
-        text_head: nn.Module = ZeroShotEnsembleHead(ResidualProjection(embed_dim))
-    else:
-        image_head = LinearProjection(image_encoder.width, embed_dim)
-        text_head = LinearProjection(text_encoder.width, embed_dim)
-    model = DualEncoder(
-        image_encoder,
-        text_encoder,
-        image_head,
-        text_head,
-        init_logit_scale=config.get("init_logit_scale", 2.6593),
-        init_logit_bias=config.get("init_logit_bias"),
-        freeze_image=bool(config["image"].get("frozen", False)),
-        freeze_text=bool(config["text"].get("frozen", False)),
-    )
-    model.config = copy.deepcopy(config)
-    model.preprocess = preprocess
-    return model
-
-
 def create_model(
     name_or_config: str | dict[str, Any], pretrained: str | Path | None = None, **overrides: Any
-) -> DualEncoder:
-    """Build a model from a preset name or config dict; ``pretrained`` is a polymodal checkpoint directory.
+) -> nn.Module:
+    """Build a model from a preset name or config dict, or load a saved one.
 
-    ``overrides`` use dotted keys written with ``__`` in Python (``image__layers=2``) or passed as a dict of
-    dotted keys via ``apply_overrides``.
+    Args:
+        name_or_config: a preset (:func:`list_models`) or a whole model config dict.
+        pretrained: a model directory written by :func:`polymodal.save_model` (or a run directory); the
+            saved config then decides the architecture and ``name_or_config`` is not consulted.
+        overrides: dotted keys written with ``__`` (``image__layers=2``); not allowed with ``pretrained``.
     """
     if pretrained is not None:
-        from polymodal.train.checkpoint import load_model
-
-        return load_model(pretrained, **overrides)
-    config = get_model_config(name_or_config) if isinstance(name_or_config, str) else copy.deepcopy(name_or_config)
+        if overrides:
+            raise ValueError(f"overrides {sorted(overrides)} cannot change a saved model ({pretrained})")
+        return load_model(pretrained)
+    if isinstance(name_or_config, str):
+        config, where = get_model_config(name_or_config), preset_where(name_or_config)
+    else:
+        config, where = copy.deepcopy(name_or_config), "model config"
     config = apply_overrides(config, {key.replace("__", "."): value for key, value in overrides.items()})
-    return build_model(config)
+    return build_model(config, where)

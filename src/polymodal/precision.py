@@ -13,7 +13,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        # Emulated bf16 (pre-Ampere GPUs) runs slower than fp16 with loss scaling: only native bf16 counts.
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 

@@ -2,8 +2,8 @@
 import copy
 import json
 
-from polymodal.cli.quickstart_recipe import run_quickstart
-from polymodal.train.checkpoint import load_model
+from polymodal import load_model
+from polymodal.recipes.quickstart import results_table, run_quickstart
 
 
 def model_at_64px(tiny_model_config: dict) -> dict:
@@ -12,7 +12,7 @@ def model_at_64px(tiny_model_config: dict) -> dict:
     return model
 
 
-def test_shapes_quickstart_writes_everything_and_beats_chance(tmp_path, tiny_model_config, capsys):
+def test_shapes_quickstart_writes_everything_and_beats_chance(tmp_path, tiny_model_config):
     overrides = [
         f"model={json.dumps(model_at_64px(tiny_model_config))}",
         "data.train.size=768", "data.val.size=128",
@@ -27,8 +27,10 @@ def test_shapes_quickstart_writes_everything_and_beats_chance(tmp_path, tiny_mod
     test = metrics["trained"]["shapes test"]
     assert test["text_to_image_R@10"] > 2 * metrics["chance"]["shapes test"]["text_to_image_R@10"]
     assert len(metrics["searches"]["a red circle left of a blue square"]) == 5
-    table = capsys.readouterr().out
-    assert "text→image R@1" in table and "chance" in table
+    rows = results_table(metrics)
+    r1 = next(row for row in rows if row["dataset"] == "shapes test" and row["metric"] == "text→image R@1")
+    assert r1["trained"] == test["text_to_image_R@1"]
+    assert r1["chance"] == metrics["chance"]["shapes test"]["text_to_image_R@1"]
     load_model(tmp_path)  # the exported model loads on its own
 
 

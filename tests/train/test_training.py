@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
-from polymodal.cli.pipeline import run_training
-from polymodal.cli.run_config import load_run_config
+from polymodal import load_run_config, run_training
 from polymodal.metrics.retrieval import chance_recall
-from polymodal.train.checkpoint import load_model, load_tokenizer, resolve_checkpoint
+from polymodal.models.saving import load_model, load_tokenizer
+from polymodal.train.checkpoint import resolve_checkpoint
 
 
 def tiny_config(model: dict, out: Path, **train) -> dict:
@@ -43,9 +43,7 @@ def read_log(run: Path) -> list[dict]:
 
 def test_tiny_model_learns_on_generated_world(tmp_path, tiny_model_config):
     config_file = write_config(tmp_path / "run.yaml", tiny_config(tiny_model_config, tmp_path / "run", epochs=10))
-    started = time.perf_counter()
     result = run_training(load_run_config(config_file), progress=False)
-    assert time.perf_counter() - started < 120  # ~20 s on 2 idle cores
     log = read_log(tmp_path / "run")
     losses = [r["loss"] for r in log if "loss" in r]
     recalls = [r["val/text_to_image_R@1"] for r in log if "val/text_to_image_R@1" in r]
@@ -66,7 +64,8 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, tiny_model_conf
     with torch.no_grad():
         assert torch.equal(loaded(image=image, **tokens)["image_features"], result.model(image=image, **tokens)["image_features"])
     checkpoint = resolve_checkpoint(tmp_path / "run")
-    assert {p.name for p in checkpoint.iterdir()} == {"model.safetensors", "config.json", "tokenizer.json", "train_state.pt"}
+    assert {p.name for p in checkpoint.iterdir()} == {"model.safetensors", "config.json", "tokenizer.json",
+                                                      "preprocess.json", "train_state.pt"}
     assert not list((tmp_path / "run" / "checkpoints").glob(".staging-*")), "no staging directory left behind"
 
 

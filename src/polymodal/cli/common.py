@@ -1,36 +1,11 @@
-"""Pieces several verbs share: loading a checkpoint with its tokenizer and transform, printing JSON."""
+"""Pieces several verbs share: reading the run config beside a checkpoint, printing JSON."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import torch
 import yaml
-from PIL import Image
-
-from polymodal.data.tokenizers import TextTokenizer
-from polymodal.data.transforms import image_transform
-from polymodal.models.dual_encoder import DualEncoder
-from polymodal.train.checkpoint import load_model, load_tokenizer, resolve_checkpoint
-
-
-@dataclass
-class LoadedModel:
-    model: DualEncoder
-    tokenizer: TextTokenizer
-    transform: Callable[[Image.Image], torch.Tensor]
-    checkpoint: Path
-
-
-def load_checkpoint(path: str | Path, device: str = "auto") -> LoadedModel:
-    """A checkpoint or run directory → eval-mode model, its tokenizer and its eval image transform."""
-    from polymodal.cli.pipeline import resolve_device
-
-    checkpoint = resolve_checkpoint(path)
-    model = load_model(checkpoint, device=resolve_device(device)).eval()
-    return LoadedModel(model, load_tokenizer(checkpoint), image_transform(model.preprocess), checkpoint)
 
 
 def run_config_beside(checkpoint: Path) -> dict[str, Any] | None:

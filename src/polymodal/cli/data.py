@@ -83,7 +83,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def _dataset_from_args(args: argparse.Namespace) -> ImageTextSet:
-    from polymodal.cli.pipeline import load_data_spec
+    from polymodal.data.catalog import load_data_spec
 
     spec: dict[str, object] = {"name": args.name}
     if args.split is not None:

@@ -28,19 +28,19 @@ def run(args: argparse.Namespace) -> int:
 
     from safetensors.torch import save_file
 
-    from polymodal.cli.common import load_checkpoint
-    from polymodal.cli.pipeline import load_data_spec
+    from polymodal.data.catalog import load_data_spec
     from polymodal.io import atomic_path, write_json
+    from polymodal.models.saving import load_for_inference
     from polymodal.tasks.embed import embed_images
 
-    loaded = load_checkpoint(args.checkpoint, args.device)
+    loaded = load_for_inference(args.checkpoint, args.device)
     dataset = load_data_spec(args.data, args.skip_bad)
     embeddings = embed_images(loaded.model, dataset, loaded.transform, batch_size=args.batch_size)
     out = Path(args.out)
     with atomic_path(out / "embeddings.safetensors") as tmp:
         save_file({"image_embeddings": embeddings.contiguous()}, str(tmp))
     write_json(out / "keys.json", [record.key for record in dataset.records])
-    write_json(out / "meta.json", {"checkpoint": str(loaded.checkpoint.resolve()), "dataset": dataset.name,
+    write_json(out / "meta.json", {"checkpoint": str(loaded.directory.resolve()), "dataset": dataset.name,
                                    "count": len(dataset), "dim": int(embeddings.shape[1])})
     print(f"embedded {len(dataset)} images ({dataset.skipped} skipped) → {out}")
     return 0

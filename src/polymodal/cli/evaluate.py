@@ -29,16 +29,17 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from polymodal.cli.common import load_checkpoint, print_json, run_config_beside
-    from polymodal.cli.pipeline import load_data_spec
+    from polymodal.cli.common import print_json, run_config_beside
     from polymodal.cli.report import print_table
+    from polymodal.data.catalog import load_data_spec
+    from polymodal.models.saving import load_for_inference
     from polymodal.tasks.retrieval import evaluate_retrieval
     from polymodal.tasks.zero_shot import evaluate_zero_shot
 
-    loaded = load_checkpoint(args.checkpoint, args.device)
+    loaded = load_for_inference(args.checkpoint, args.device)
     spec = args.data
     if spec is None and args.zero_shot is None:
-        run_config = run_config_beside(loaded.checkpoint) or {}
+        run_config = run_config_beside(loaded.directory) or {}
         spec = (run_config.get("data") or {}).get("val")
         if spec is None:
             raise ValueError("no --data given and the run has no validation set; pass --data PAIRS.jsonl")
@@ -56,5 +57,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(metrics)
     else:
-        print_table(f"evaluation of {loaded.checkpoint}", [{"metric": k, "value": v} for k, v in metrics.items()])
+        print_table(f"evaluation of {loaded.directory}", [{"metric": k, "value": v} for k, v in metrics.items()])
     return 0

@@ -30,7 +30,20 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from polymodal.cli.quickstart_recipe import run_quickstart
+    from pathlib import Path
 
-    run_quickstart(args.out, args.world, progress=not args.no_progress)
+    from rich.console import Console
+
+    from polymodal.cli.report import print_table
+    from polymodal.recipes.quickstart import results_table, run_quickstart
+
+    console = Console(width=max(Console().width, 110))  # the results table needs ~100 columns
+    metrics = run_quickstart(args.out, args.world, progress=not args.no_progress,
+                             say=lambda message: console.print(f"[bold]{message}[/]"))
+    print_table(f"quickstart ({args.world}) — percent; chance = random ranking", results_table(metrics), console)
+    for query, hits in metrics["searches"].items():
+        console.print(f"  [bold]{query!r}[/] → " + ", ".join(f"{Path(hit['key']).name} ({hit['score']:.2f})"
+                                                           for hit in hits[:3]))
+    console.print(f"wrote {args.out}/metrics.json, training_curve.png, search_examples.png, model/, checkpoints/, "
+                  "index/")
     return 0

@@ -1,18 +1,10 @@
-"""What a person looks at: terminal tables (rich) and PNG figures (matplotlib, headless)."""
+"""Terminal tables (rich): how every verb shows rows of results."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from polymodal.train.metrics_log import MetricsLog  # noqa: E402
+from rich.console import Console
+from rich.table import Table
 
 
 def print_table(title: str, rows: Sequence[Mapping[str, object]], console: Console | None = None) -> None:
@@ -27,54 +19,3 @@ def print_table(title: str, rows: Sequence[Mapping[str, object]], console: Conso
     for row in rows:
         table.add_row(*(f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
     (console or Console()).print(table)
-
-
-def plot_training_curve(metrics_jsonl: str | Path, out_png: str | Path) -> Path | None:
-    """Loss per step (left axis) and validation R@1 per epoch (right axis) from a run's ``metrics.jsonl``.
-
-    A resumed run repeats some steps in the log; the last record of each step wins.
-    """
-    records = MetricsLog(metrics_jsonl).read()
-    train = {r["step"]: r for r in records if "loss" in r}
-    val = {r["step"]: r for r in records if any(k.startswith("val/") for k in r)}
-    if not train:
-        return None
-    figure, loss_axis = plt.subplots(figsize=(7, 4), dpi=120)
-    steps = sorted(train)
-    loss_axis.plot(steps, [train[s]["loss"] for s in steps], color="tab:blue", label="training loss")
-    loss_axis.set_xlabel("optimizer step")
-    loss_axis.set_ylabel("contrastive loss", color="tab:blue")
-    if val:
-        recall_axis = loss_axis.twinx()
-        val_steps = sorted(val)
-        for key, color in (("val/text_to_image_R@1", "tab:red"), ("val/image_to_text_R@1", "tab:orange")):
-            if key in val[val_steps[0]]:
-                recall_axis.plot(val_steps, [val[s][key] for s in val_steps], "o-", color=color, label=key[4:])
-        recall_axis.set_ylabel("validation recall@1 (%)", color="tab:red")
-        recall_axis.legend(loc="center right", fontsize=8)
-    loss_axis.set_title("training curve")
-    figure.tight_layout()
-    out_png = Path(out_png)
-    figure.savefig(out_png)
-    plt.close(figure)
-    return out_png
-
-
-def plot_search_grid(
-    queries: Sequence[str], results: Sequence[Sequence[tuple[Image.Image, float]]], out_png: str | Path
-) -> Path:
-    """One row per text query: the query above its top-k images, each with its cosine score below it."""
-    columns = max(len(hits) for hits in results)
-    figure = plt.figure(figsize=(1.9 * columns, 2.3 * len(queries)), dpi=110, layout="constrained")
-    for row_figure, query, hits in zip(figure.subfigures(len(queries), 1), queries, results):
-        row_figure.suptitle(f"“{query}”", x=0.01, ha="left", fontsize=11, weight="bold")
-        for column, axis in enumerate(row_figure.subplots(1, columns, squeeze=False)[0]):
-            axis.set_axis_off()
-            if column < len(hits):
-                image, score = hits[column]
-                axis.imshow(image)
-                axis.set_title(f"{score:.3f}", fontsize=8, y=-0.16)
-    out_png = Path(out_png)
-    figure.savefig(out_png)
-    plt.close(figure)
-    return out_png

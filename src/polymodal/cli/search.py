@@ -26,12 +26,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from polymodal.cli.common import load_checkpoint, print_json
+    from polymodal.cli.common import print_json
     from polymodal.cli.report import print_table
     from polymodal.data.records import open_rgb
     from polymodal.index import VectorIndex
+    from polymodal.models.saving import load_for_inference
+    from polymodal.tasks.search import search_index
 
     if (args.query is None) == (args.image is None):
         raise ValueError("give either a text query or --image PATH (not both)")
@@ -39,16 +39,10 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or index.checkpoint
     if not checkpoint:
         raise ValueError(f"{args.index} records no checkpoint; pass --checkpoint")
-    loaded = load_checkpoint(checkpoint, args.device)
-    device = next(loaded.model.parameters()).device
-    with torch.no_grad():
-        if args.image is not None:
-            pixels = loaded.transform(open_rgb(args.image)).unsqueeze(0).to(device)
-            query = loaded.model.encode_image(pixels)
-        else:
-            tokens = {k: v.to(device) for k, v in loaded.tokenizer([args.query]).items()}
-            query = loaded.model.encode_text(**tokens)
-    hits = index.search(query.float().cpu().numpy(), k=args.k)[0]
+    loaded = load_for_inference(checkpoint, args.device)
+    hits = search_index(index, loaded.model, loaded.tokenizer, loaded.transform,
+                        texts=None if args.query is None else [args.query],
+                        images=None if args.image is None else [open_rgb(args.image)], k=args.k)[0]
     rows = [{"rank": rank, "score": hit.score, "key": hit.key} for rank, hit in enumerate(hits, start=1)]
     if args.json:
         print_json({"query": args.query or args.image, "results": rows})

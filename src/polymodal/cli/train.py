@@ -63,13 +63,10 @@ def torchrun_command(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from polymodal.cli.run_config import load_run_config
-    from polymodal.factory import list_models
+    from polymodal.recipes.config import load_run_config
 
     # Checked before --nproc execs torchrun, so a bad config fails once here rather than in every process.
     config = load_run_config(args.config, args.overrides)
-    if isinstance(config.model, str) and config.model not in list_models():
-        raise ValueError(f"unknown model {config.model!r}; presets: {', '.join(list_models())}")
     if args.nproc is not None:
         if args.nproc < 1:
             raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
@@ -77,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
         command = torchrun_command(args)
         os.execvp(command[0], command)
 
-    from polymodal.cli.pipeline import run_training
-    from polymodal.cli.report import plot_training_curve
+    from polymodal.plots import plot_training_curve
+    from polymodal.recipes.training import run_training
 
     result = run_training(config, resume=args.resume, progress=not args.no_progress)
     if result.dist.is_main:

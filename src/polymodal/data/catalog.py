@@ -90,6 +90,27 @@ def load_dataset(
     return _sample(read_dataset(path, split=split, skip_bad=skip_bad), size)
 
 
+def load_data_spec(spec: Any, skip_bad: bool = False) -> ImageTextSet:
+    """What a run config or ``--data`` names → an :class:`ImageTextSet`: a catalog name, a path, or a mapping
+    ``{name: ..., split: ..., size: ..., <loader options>}``."""
+    if isinstance(spec, (str, Path)):
+        return load_dataset(spec, skip_bad=skip_bad)
+    if isinstance(spec, dict) and "name" in spec:
+        options = dict(spec)
+        return load_dataset(options.pop("name"), skip_bad=skip_bad, **options)
+    raise ValueError(f"a dataset is a name, a path or a mapping with 'name', got {spec!r}")
+
+
+def split_train_val(dataset: ImageTextSet, fraction: float, seed: int) -> tuple[ImageTextSet, ImageTextSet]:
+    """Hold out ``fraction`` of the records (whole groups, so no scene is on both sides)."""
+    groups = sorted({record.group for record in dataset.records})
+    random.Random(seed).shuffle(groups)
+    held = set(groups[: max(1, int(round(len(groups) * fraction)))])
+    train = [i for i, r in enumerate(dataset.records) if r.group not in held]
+    val = [i for i, r in enumerate(dataset.records) if r.group in held]
+    return dataset.subset(train, f"{dataset.name}-train"), dataset.subset(val, f"{dataset.name}-val")
+
+
 def load_questions(name: str, split: str | None = None, size: int | None = None) -> tuple[ImageTextSet, list]:
     """The images of a question-answering dataset and every question about them (``VQAItem``s keyed by
     record key): ``shapes`` (generated) or ``easy-vqa``."""

@@ -1,11 +1,15 @@
-"""An image-text collection: records plus the function that turns a record into pixels.
+"""The data model of every task: records plus the function that turns a record into pixels.
 
-Every reader (JSONL, COCO, Karpathy, ImageFolder), every packaged dataset (emoji, easy-vqa, animal
-silhouettes, scikit-image photos) and the generated shapes world produce an :class:`ImageTextSet`, so
-training, evaluation, embedding and export never care where the images came from.
+A record holds an image and whatever a task needs about it: captions (retrieval, contrastive training,
+captioning), a class label (classification), a question with its answers (VQA). Every reader (JSONL, CSV,
+COCO, Karpathy, ImageFolder), every packaged dataset (emoji, easy-vqa, animal silhouettes, scikit-image photos)
+and the generated shapes world produce an :class:`ImageTextSet` and fill the fields they have, so training,
+evaluation, embedding and export never care where the images came from. Each task's torch dataset and collate
+(``data/pair_dataset.py``, ``data/labelled.py``) reads the fields it needs and says which are missing.
 """
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,25 +19,36 @@ from PIL import Image
 
 @dataclass(frozen=True)
 class ImageTextRecord:
-    """One image with every caption that describes it.
+    """One image and what is known about it.
 
     Attributes:
-        key: stable identifier of the image; for on-disk data the absolute image path. Search results and
+        key: stable identifier of the record; for on-disk data the absolute image path. Search results and
             the index's id table report this key.
-        captions: every caption of this image (at least one, except for label-only sets).
+        captions: every caption of this image (may be empty for label-only or question-only sets).
         group: records with the same group describe the same scene; retrieval counts a hit when the retrieved
             item's group equals the query's group. Defaults to ``key``.
         label: class index into :attr:`ImageTextSet.class_names`, for classification sets.
+        question: a question about the image (VQA); one record per question, so several records may share
+            an image through ``group``.
+        answers: the annotators' answers to ``question`` (VQA v2 has ten).
     """
 
     key: str
-    captions: tuple[str, ...]
+    captions: tuple[str, ...] = ()
     group: str = ""
     label: int | None = None
+    question: str | None = None
+    answers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.group:
             object.__setattr__(self, "group", self.key)
+
+
+def caption_choice(seed: int, epoch: int, index: int, count: int) -> int:
+    """Which of a record's ``count`` captions sample ``index`` trains on in ``epoch``: drawn from
+    ``(seed, epoch, index)`` alone, so a resumed run, a shard stream and a cached-feature set all agree."""
+    return random.Random(hash((seed, epoch, index))).randrange(count)
 
 
 def open_rgb(path: str | Path) -> Image.Image:

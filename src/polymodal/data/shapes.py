@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 
 from polymodal.data import shapes_language as language
 from polymodal.data.records import ImageTextRecord, ImageTextSet
-from polymodal.data.shapes_language import SHAPE_WORDS, Question
+from polymodal.data.shapes_language import SHAPE_WORDS, Question, ShapeObject
 
 # Colour name -> RGB; the names are the keys of COLOUR_WORDS, the shapes those of SHAPE_WORDS.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -105,20 +105,6 @@ class ShapesConfig:
         if unknown:
             raise ValueError(f"unknown ShapesConfig keys: {sorted(unknown)}")
         return cls(**values)
-
-
-@dataclass(frozen=True)
-class ShapeObject:
-    """One drawn shape; ``x``, ``y`` are its centre in pixels (y grows downwards), ``radius`` its circumradius."""
-
-    shape: str
-    colour: str
-    size: str
-    x: float
-    y: float
-    radius: float
-    rotation: float
-    rgb: tuple[int, int, int]
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,21 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # shapes.py imports this module at run time; the type is only needed for hints
-    from polymodal.data.shapes import ShapeObject
+
+@dataclass(frozen=True)
+class ShapeObject:
+    """One drawn shape; ``x``, ``y`` are its centre in pixels (y grows downwards), ``radius`` its circumradius."""
+
+    shape: str
+    colour: str
+    size: str
+    x: float
+    y: float
+    radius: float
+    rotation: float
+    rgb: tuple[int, int, int]
+
 
 CAPTIONS_PER_SCENE = 5
 

@@ -49,7 +49,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from polymodal.data.export import PROGRESS_MIN_IMAGES
-from polymodal.data.records import DataError, ImageTextRecord, ImageTextSet
+from polymodal.data.records import DataError, ImageTextRecord, ImageTextSet, caption_choice
 from polymodal.distributed import DistInfo, get_rank, get_world_size
 from polymodal.io import atomic_path, read_json
 
@@ -425,5 +425,5 @@ class CaptionPairStream(ShardedImageTextStream):
             captions = sample.record.captions
             if not captions:
                 raise ValueError(f"sample {sample.index} ({sample.record.key}) has no caption to train on")
-            choice = random.Random(hash((self.seed, self.epoch, sample.index))).randrange(len(captions))
+            choice = caption_choice(self.seed, self.epoch, sample.index, len(captions))
             yield sample.image, captions[choice]

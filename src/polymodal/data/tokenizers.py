@@ -79,11 +79,21 @@ class TextTokenizer:
         return cls(tokenizer, context_length)
 
     @classmethod
-    def from_file(cls, path: str | Path, context_length: int) -> "TextTokenizer":
+    def from_file(cls, path: str | Path, context_length: int | None = None) -> "TextTokenizer":
+        """Read a ``tokenizer.json``; ``context_length`` defaults to the length the file truncates to (a file
+        :meth:`save` wrote records it)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file not found: {path}")
-        return cls(Tokenizer.from_file(str(path)), context_length)
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as error:  # the Rust library raises its own exception type for any malformed file
+            raise ValueError(f"{path}: not a valid tokenizer.json ({error})") from None
+        if context_length is None:
+            if tokenizer.truncation is None:
+                raise ValueError(f"{path} does not say how long a text may be: pass context_length")
+            context_length = int(tokenizer.truncation["max_length"])
+        return cls(tokenizer, context_length)
 
     def save(self, path: str | Path) -> None:
         """Write ``tokenizer.json`` atomically (temp file + rename)."""

@@ -40,6 +40,7 @@ class ViTImageEncoder(nn.Module):
         if pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
         image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.image_size = image_size  # (H, W) the position table is sized for
         self.width = width
         self.pool = pool
         self.patch_embed = PatchEmbed(patch_size, in_channels, width)

@@ -5,23 +5,32 @@
 
 Frozen towers make the pooled tower outputs a pure function of the input, so they can be computed once and
 cached; ``forward`` then takes ``image_tower_features`` / ``text_tower_features`` instead of pixels and tokens.
+
+The family ``dual_encoder`` (presets ``clip-*``, ``siglip-tiny``, ``lit-effnet-minilm``): config
+:class:`DualEncoderConfig`, builder :func:`build_dual_encoder`, loss CLIP's InfoNCE or SigLIP.
 """
 from __future__ import annotations
 
+import copy
 import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from polymodal.encoders.base import is_frozen
+from polymodal.encoders.build import build_encoder
+from polymodal.heads.ensemble import ZeroShotEnsembleHead
+from polymodal.heads.projection import LinearProjection, ResidualProjection
+from polymodal.layers.transformer import Transformer
+from polymodal.losses import ClipLoss, SigLipLoss
+from polymodal.models.family import LossOptions, ModelFamily
+from polymodal.typed_config import ConfigError, dataclass_from_mapping
+
 # CLIP clamps its learnable temperature so logits never exceed 100 x cosine.
 MAX_LOGIT_SCALE = math.log(100.0)
-
-
-def freeze(module: nn.Module) -> None:
-    """Stop gradients into ``module`` (LiT-style locked tower)."""
-    for parameter in module.parameters():
-        parameter.requires_grad_(False)
 
 
 class DualEncoder(nn.Module):
@@ -34,8 +43,15 @@ class DualEncoder(nn.Module):
         text_head: maps pooled text features ``(B, F_txt)`` to ``(B, D)``.
         init_logit_scale: initial log temperature (CLIP: ln(1/0.07)).
         init_logit_bias: if given, the model also learns a logit bias (SigLIP) and returns ``logit_bias``.
-        freeze_image / freeze_text: lock a tower (its parameters get no gradient).
+
+    A tower locked with :func:`polymodal.encoders.base.freeze` before it is passed in stays locked; when both
+    are, their pooled outputs can be cached (``image_frozen`` / ``text_frozen``).
     """
+
+    # GradCache caches the gradients of these batch outputs (train/grad_cache.py).
+    embedding_outputs = ("image_features", "text_features")
+    # FSDP gathers parameters around ``forward`` only; evaluation embeds through these methods too.
+    fsdp_forward_methods = ("encode_image", "encode_text")
 
     def __init__(
         self,
@@ -45,8 +61,6 @@ class DualEncoder(nn.Module):
         text_head: nn.Module,
         init_logit_scale: float = math.log(1 / 0.07),
         init_logit_bias: float | None = None,
-        freeze_image: bool = False,
-        freeze_text: bool = False,
     ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
@@ -55,21 +69,14 @@ class DualEncoder(nn.Module):
         self.text_head = text_head
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
         self.logit_bias = None if init_logit_bias is None else nn.Parameter(torch.tensor(float(init_logit_bias)))
-        self.image_frozen = freeze_image
-        self.text_frozen = freeze_text
-        if freeze_image:
-            freeze(image_encoder)
-        if freeze_text:
-            freeze(text_encoder)
 
-    def train(self, mode: bool = True) -> "DualEncoder":
-        super().train(mode)
-        # A locked tower stays in eval mode: BatchNorm statistics and dropout must not change under it.
-        if self.image_frozen:
-            self.image_encoder.eval()
-        if self.text_frozen:
-            self.text_encoder.eval()
-        return self
+    @property
+    def image_frozen(self) -> bool:
+        return is_frozen(self.image_encoder)
+
+    @property
+    def text_frozen(self) -> bool:
+        return is_frozen(self.text_encoder)
 
     def image_tower_features(self, image: torch.Tensor) -> torch.Tensor:
         """Pooled image-tower output ``(B, F_img)``: what a feature cache stores."""
@@ -130,3 +137,79 @@ class DualEncoder(nn.Module):
         if self.logit_bias is not None:
             output["logit_bias"] = self.logit_bias
         return output
+
+    # Hooks the training loop calls (models/family.py).
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Keep the temperature in CLIP's range after every update."""
+        self.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+    def log_scalars(self) -> dict[str, float]:
+        return {"logit_scale": float(self.logit_scale.detach().exp())}
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """Every transformer block of the towers: FSDP gathers one block's parameters at a time."""
+        return [block for module in self.modules() if isinstance(module, Transformer) for block in module.blocks]
+
+
+@dataclass
+class DualEncoderConfig:
+    """A dual encoder's config (a preset's JSON).
+
+    Attributes:
+        embed_dim: size of the joint embedding space.
+        image / text: the towers (``polymodal.encoders.build``: ``type`` + its arguments + tower options).
+        loss: ``clip`` (symmetric InfoNCE) or ``siglip`` (pairwise sigmoid; learns ``logit_bias`` too).
+        init_logit_scale: initial log temperature (CLIP: ln(1/0.07) = 2.6593).
+        init_logit_bias: if set, the model learns a logit bias from this value (SigLIP: -10).
+        bridge: ``{"type": "conse", "top_k", "temperature"}``: the image head starts as the training-free ConSE
+            bridge into the text tower's space (needs an ImageNet-classifying image tower and a pretrained
+            text tower), both heads wrapped in a zero-shot ensemble.
+    """
+
+    embed_dim: int = field(metadata={"min": 1})
+    image: dict[str, Any]
+    text: dict[str, Any]
+    family: Literal["dual_encoder"] = "dual_encoder"
+    description: str = ""
+    loss: Literal["clip", "siglip"] = "clip"
+    init_logit_scale: float = 2.6593
+    init_logit_bias: float | None = None
+    bridge: dict[str, Any] | None = None
+
+
+def build_dual_encoder(config: dict[str, Any], where: str = "model config", for_loading: bool = False) -> DualEncoder:
+    """Build a :class:`DualEncoder` from a config dict (``for_loading``: skip embedding the bridge's class names,
+    which the checkpoint is about to overwrite)."""
+    spec = dataclass_from_mapping(DualEncoderConfig, config, where)
+    image = build_encoder("image", spec.image, where)
+    text = build_encoder("text", spec.text, where)
+    if spec.bridge is not None:
+        from polymodal.heads.bridge_head import build_conse_image_head
+
+        options = {key: value for key, value in spec.bridge.items() if key != "type"}
+        if spec.bridge.get("type") != "conse":
+            raise ConfigError(f"{where}: bridge.type = {spec.bridge.get('type')!r} is not one of: conse")
+        # Both heads ensemble their zero-shot part with the fine-tuned whole (weight 0 while training).
+        image_head: nn.Module = ZeroShotEnsembleHead(build_conse_image_head(
+            image.encoder, text.encoder, spec.embed_dim, embed_class_names=not for_loading, **options))
+        text_head: nn.Module = ZeroShotEnsembleHead(ResidualProjection(spec.embed_dim))
+    else:
+        image_head = LinearProjection(image.encoder.width, spec.embed_dim)
+        text_head = LinearProjection(text.encoder.width, spec.embed_dim)
+    model = DualEncoder(image.encoder, text.encoder, image_head, text_head, spec.init_logit_scale,
+                        spec.init_logit_bias)
+    model.config = copy.deepcopy(config)
+    model.preprocess = image.preprocess
+    return model
+
+
+def build_contrastive_loss(config: dict[str, Any], options: LossOptions) -> nn.Module:
+    """CLIP's loss with open_clip's gathering options, or SigLIP's (which always gathers with gradients)."""
+    if config.get("loss", "clip") == "siglip":
+        return SigLipLoss()
+    return ClipLoss(label_smoothing=options.label_smoothing, local_loss=options.local_loss,
+                    gather_with_grad=options.gather_with_grad)
+
+
+DUAL_ENCODER = ModelFamily("dual_encoder", build_dual_encoder, build_contrastive_loss, task="contrastive")

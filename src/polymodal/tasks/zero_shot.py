@@ -34,7 +34,7 @@ def zero_shot_classifier(
     if not templates or any("{}" not in t for t in templates):
         raise ValueError(f"every template needs a '{{}}' for the class name, got {list(templates)}")
     prompts = [template.format(name) for name in class_names for template in templates]
-    embeddings = embed_texts(model, tokenizer, prompts, progress=False)  # (C*T, D)
+    embeddings = F.normalize(embed_texts(model, tokenizer, prompts, progress=False), dim=-1)  # (C*T, D)
     embeddings = embeddings.view(len(class_names), len(templates), -1).mean(dim=1)  # (C, D)
     return F.normalize(embeddings, dim=-1)
 

@@ -1,8 +1,9 @@
-"""Checkpoints: one directory per save, written whole or not at all.
+"""Training checkpoints: one directory per save, written whole or not at all.
 
-Layout of ``RUN/checkpoints/step_000500/``: ``model.safetensors`` (weights), ``config.json`` (model config),
-``tokenizer.json``, ``train_state.pt`` (optimizer, scheduler, scaler, step/epoch position, RNG states, and a
-data stream's own resume position). An FSDP run adds ``sharded/`` (model and optimizer shards, ``train/fsdp.py``)
+A checkpoint is a model directory (``models/saving.py``: ``model.safetensors``, ``config.json``,
+``tokenizer.json``, ``preprocess.json``) plus ``train_state.pt`` (optimizer, scheduler, scaler, step/epoch
+position, RNG states, and a data stream's own resume position), in ``RUN/checkpoints/step_000500/``. This module
+owns only the training state; the model's files are written by :func:`polymodal.models.saving.save_model`. An FSDP run adds ``sharded/`` (model and optimizer shards, ``train/fsdp.py``)
 and keeps its optimizer state there only.
 ``RUN/checkpoints/latest`` names the newest complete one. A save writes into a hidden temporary directory and
 renames it into place, then rewrites ``latest``: a crash at any moment leaves the previous checkpoint intact.
@@ -19,19 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from polymodal.data.tokenizers import TextTokenizer
-from polymodal.io import atomic_path, read_json, write_json
+from polymodal.io import atomic_path
+from polymodal.models.saving import LATEST, WEIGHTS, save_model
 
-WEIGHTS, CONFIG, TOKENIZER, TRAIN_STATE, LATEST = (
-    "model.safetensors",
-    "config.json",
-    "tokenizer.json",
-    "train_state.pt",
-    "latest",
-)
+TRAIN_STATE = "train_state.pt"
 
 
 @dataclass
@@ -62,22 +57,10 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_weights(model: nn.Module, directory: Path, model_state: dict[str, torch.Tensor] | None = None) -> None:
-    """Weights + config (+ tokenizer) only: enough to load the model for inference.
-
-    ``model_state``: the weights to write instead of ``model.state_dict()`` (an FSDP model's gathered full state).
-    """
-    source = model.state_dict() if model_state is None else model_state
-    state = {name: tensor.detach().contiguous().cpu() for name, tensor in source.items()}
-    with atomic_path(directory / WEIGHTS) as tmp:
-        save_file(state, str(tmp))
-    write_json(directory / CONFIG, model.config)
-
-
 def save_checkpoint(
     run_dir: str | Path,
     model: nn.Module,
-    tokenizer: TextTokenizer,
+    tokenizer: TextTokenizer | None,
     position: TrainPosition,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
@@ -99,8 +82,7 @@ def save_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder, prefix=".staging-"))
     try:
-        save_weights(model, staging, model_state)
-        tokenizer.save(staging / TOKENIZER)
+        save_model(model, staging, tokenizer, model_state)
         torch.save(
             {
                 "position": asdict(position),
@@ -132,43 +114,18 @@ def checkpoint_path(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step:06d}"
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """Accept a checkpoint directory, a run directory (its exported ``model/`` first, else the latest
-    checkpoint), or a run's ``checkpoints`` folder."""
-    path = Path(path)
-    for candidate in (path, path / "model", path / "checkpoints"):
-        if (candidate / WEIGHTS).is_file():
-            return candidate
-        if (candidate / LATEST).is_file():
-            latest = candidate / (candidate / LATEST).read_text(encoding="utf-8").strip()
-            if (latest / WEIGHTS).is_file():
-                return latest
-            raise FileNotFoundError(f"{candidate / LATEST} points to {latest}, which has no {WEIGHTS}")
-    raise FileNotFoundError(f"no checkpoint at {path} (expected {WEIGHTS} or checkpoints/{LATEST})")
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model from ``config.json`` and load ``model.safetensors`` (strict)."""
-    from polymodal.factory import build_model
-
-    checkpoint = resolve_checkpoint(path)
-    config = read_json(checkpoint / CONFIG, "model config")
-    # Pretrained towers are rebuilt from their packages' files first, then overwritten by the saved weights.
-    model = build_model(config, for_loading=True)
-    state = load_file(str(checkpoint / WEIGHTS), device=str(device))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{checkpoint / WEIGHTS} does not match {checkpoint / CONFIG}: "
-            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-        )
-    return model.to(device)
-
-
-def load_tokenizer(path: str | Path) -> TextTokenizer:
-    checkpoint = resolve_checkpoint(path)
-    config = read_json(checkpoint / CONFIG, "model config")
-    return TextTokenizer.from_file(checkpoint / TOKENIZER, int(config["text"]["context_length"]))
+def resolve_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint ``RUN/checkpoints/latest`` names (or ``run_dir`` itself when it is a checkpoint)."""
+    run_dir = Path(run_dir)
+    if (run_dir / TRAIN_STATE).is_file():
+        return run_dir
+    folder = run_dir / "checkpoints"
+    if not (folder / LATEST).is_file():
+        raise FileNotFoundError(f"no checkpoint in {run_dir} (expected checkpoints/{LATEST})")
+    latest = folder / (folder / LATEST).read_text(encoding="utf-8").strip()
+    if not (latest / WEIGHTS).is_file() or not (latest / TRAIN_STATE).is_file():
+        raise FileNotFoundError(f"{folder / LATEST} points to {latest}, which is not a whole checkpoint")
+    return latest
 
 
 def load_train_state(

@@ -2,7 +2,7 @@
 
 Two kinds of training data meet one contract here, so :func:`~polymodal.train.fit.fit` need not tell them apart:
 
-- a map-style dataset drawn by a :class:`~polymodal.data.pair_dataset.ResumableRandomSampler`: the sampler skips
+- a map-style dataset drawn by a :class:`~polymodal.data.sampler.ResumableRandomSampler`: the sampler skips
   the global samples already consumed, so a run resumes at the same place even with another world size;
 - a stream (an ``IterableDataset`` offering ``set_epoch``, ``batches_per_epoch``, ``loader_state`` and
   ``load_state_dict``, as :class:`~polymodal.data.shards.CaptionPairStream` does): it records per-(rank, worker)

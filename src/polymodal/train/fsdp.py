@@ -1,8 +1,9 @@
 """FSDP2 (``torch.distributed.fsdp.fully_shard``): parameters, gradients and optimizer state sharded over ranks.
 
-The standard FSDP2 recipe: each transformer block of the towers is its own unit (its parameters are all-gathered
-just before the block runs and freed after), then the whole model is the root unit for what remains (embeddings,
-norms, heads). Works on CPU with gloo as well as on CUDA with NCCL.
+The standard FSDP2 recipe: each unit the model names through its ``fsdp_units()`` hook (a dual encoder: every
+transformer block of its towers) is sharded on its own (its parameters are all-gathered just before it runs and
+freed after), then the whole model is the root unit for what remains (embeddings, norms, heads). A model without
+the hook is one unit. Works on CPU with gloo as well as on CUDA with NCCL.
 
 The scalar temperature ``logit_scale`` (and SigLIP's ``logit_bias``) stays out of the shards: ``fully_shard``
 refuses 0-d parameters, and changing their shape would break every saved checkpoint. They stay replicated, and a
@@ -33,7 +34,6 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
 from polymodal.data.tokenizers import TextTokenizer
-from polymodal.layers.transformer import Transformer
 from polymodal.train.checkpoint import TrainPosition, checkpoint_path, save_checkpoint
 
 __all__ = ["SHARDED", "load_sharded_state", "save_fsdp_checkpoint", "shard_model"]
@@ -54,26 +54,23 @@ def _average_grad_over_ranks(param: torch.Tensor) -> None:
 
 
 def shard_model(model: nn.Module) -> nn.Module:
-    """Apply ``fully_shard`` to every transformer block, then to the whole model; returns ``model`` (sharded in
-    place: its parameters become ``DTensor`` shards, its forward gathers them).
+    """Apply ``fully_shard`` to every unit of ``model.fsdp_units()``, then to the whole model; returns ``model``
+    (sharded in place: its parameters become ``DTensor`` shards, its forward gathers them).
 
     Needs an initialised process group; every rank must call it with identically initialised weights.
     """
     if not dist.is_initialized():
         raise RuntimeError("train.fsdp needs a process group: start the run with torchrun (or --nproc N)")
-    for module in model.modules():
-        if isinstance(module, Transformer):
-            for block in module.blocks:
-                fully_shard(block)
+    for unit in model.fsdp_units() if hasattr(model, "fsdp_units") else []:
+        fully_shard(unit)
     replicated = _replicated_params(model)
     for param in replicated:
         if param.requires_grad:
             param.register_post_accumulate_grad_hook(_average_grad_over_ranks)
     fully_shard(model, ignored_params=replicated)
-    # FSDP gathers parameters around ``forward`` only; evaluation embeds through these methods instead.
-    for method in ("encode_image", "encode_text"):
-        if hasattr(model, method):
-            register_fsdp_forward_method(model, method)
+    # FSDP gathers parameters around ``forward`` only; a model names the other methods that run on them.
+    for method in getattr(model, "fsdp_forward_methods", ()):
+        register_fsdp_forward_method(model, method)
     return model
 
 
@@ -85,7 +82,7 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_fsdp_checkpoint(
     run_dir: str | Path,
     model: nn.Module,
-    tokenizer: TextTokenizer,
+    tokenizer: TextTokenizer | None,
     position: TrainPosition,
     optimizer: torch.optim.Optimizer,
     scheduler: Any = None,

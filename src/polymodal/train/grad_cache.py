@@ -23,6 +23,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import get_device_states, set_device_states
 
+from polymodal.train.outputs import full_precision, loss_terms
+
 __all__ = ["grad_cache_step", "split_batch"]
 
 
@@ -59,11 +61,11 @@ class _RngState:
 def grad_cache_step(
     model: nn.Module,
     batch: dict[str, torch.Tensor],
-    loss_fn: Callable[..., torch.Tensor],
+    loss_fn: Callable[..., torch.Tensor | dict[str, torch.Tensor]],
     micro_batch_size: int,
     autocast: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
     scaler: torch.amp.GradScaler | None = None,
-) -> torch.Tensor:
+) -> dict[str, torch.Tensor]:
     """Forward and backward one contrastive batch in micro-batches, accumulating the big-batch gradients.
 
     ``model(**micro_batch)`` must return the loss's keywords (``image_features (b, D)``, ``text_features
@@ -84,7 +86,7 @@ def grad_cache_step(
             .backward()`` would.
 
     Returns:
-        The detached full-batch loss. ``.grad`` of every trainable parameter has been increased by
+        The detached full-batch loss terms (``{"loss": total, ...}``). ``.grad`` of every trainable parameter has been increased by
         ``d loss / d parameter`` (times the scaler's scale), as one ``loss.backward()`` over the batch would.
     """
     micro_batches = split_batch(batch, micro_batch_size)
@@ -98,14 +100,15 @@ def grad_cache_step(
             with autocast():
                 output = model(**micro)
             # detach: a parameter returned as-is (logit_bias) still requires grad under no_grad.
-            cached.append({key: value.detach().float() for key, value in output.items()})
+            cached.append({key: value.detach() for key, value in full_precision(output).items()})
 
     # 2. Full-batch loss on leaves standing in for the outputs; backward stops at them.
     leaves = {
         key: (value if value.ndim == 0 else torch.cat([c[key] for c in cached])).requires_grad_()
         for key, value in cached[0].items()
     }  # features (N, D), scalars 0-d
-    loss = loss_fn(**leaves)
+    terms = loss_terms(loss_fn(**leaves))
+    loss = terms["loss"]
     output_grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)))
     grad_slices = {
         key: grad.split(micro_batch_size)
@@ -131,4 +134,4 @@ def grad_cache_step(
                 ]
             surrogate = torch.stack(terms).sum()
             (scaler.scale(surrogate) if scaler is not None else surrogate).backward()
-    return loss.detach()
+    return {name: value.detach() for name, value in terms.items()}

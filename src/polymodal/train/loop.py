@@ -1,7 +1,10 @@
 """The training loop, top to bottom: AMP, gradient accumulation, clipping, logging and checkpoints in view.
 
 The loop receives a built model, data loader and loss (open_clip's ``train_one_epoch(model, data, loss, ...)``);
-building those from a config happens once, at the edge (``cli/``).
+building those from a config happens once, at the edge (``recipes/``). It knows no model family: the model's
+output is the loss's keywords, the loss returns a scalar or named terms with a ``"loss"`` total (each term is
+logged), and what differs per family runs through optional model hooks (``models/family.py``):
+``after_optimizer_step()`` after every update and ``log_scalars()`` in every log record.
 """
 from __future__ import annotations
 
@@ -20,10 +23,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from polymodal.distributed import get_world_size
-from polymodal.models.dual_encoder import MAX_LOGIT_SCALE
 from polymodal.precision import autocast_context
 from polymodal.train.checkpoint import TrainPosition
 from polymodal.train.grad_cache import grad_cache_step
+from polymodal.train.outputs import batch_size_of, full_precision, loss_terms
 from polymodal.train.metrics_log import MetricsLog
 
 
@@ -71,7 +74,7 @@ def move_to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, t
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model itself: DDP keeps its attributes (``logit_scale``, ``config``) on ``.module``."""
+    """The model itself: DDP keeps its attributes (``config``, hooks) on ``.module``."""
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
@@ -91,7 +94,8 @@ def train_one_epoch(
     """Run the rest of one epoch from ``position`` (which the caller already pointed the loader at).
 
     Each optimizer step: forward under autocast, loss in fp32, backward (or one GradCache step), every
-    ``accum_steps`` micro-batches unscale → clip → step → schedule → clamp temperature. Under DDP pass the
+    ``accum_steps`` micro-batches unscale → clip → step → schedule → the model's ``after_optimizer_step`` hook
+    (a dual encoder clamps its temperature there). Under DDP pass the
     ``DistributedDataParallel`` model: gradients are all-reduced once per optimizer step. Throughput is logged as
     open_clip defines it: ``samples_per_s`` = global samples (all ranks) / wall time, data-wait time apart.
 
@@ -110,7 +114,8 @@ def train_one_epoch(
                dynamic_ncols=True)
     optimizer.zero_grad(set_to_none=True)
     steps_taken = 0
-    window_loss, window_samples, window_steps, window_data_time = 0.0, 0, 0, 0.0
+    window_terms: dict[str, float] = {}
+    window_samples, window_steps, window_data_time = 0, 0, 0.0
     window_start = tick = time.perf_counter()
     for micro_index, batch in enumerate(loader):
         if micro_index >= steps_left * accum:
@@ -121,7 +126,7 @@ def train_one_epoch(
         if settings.grad_cache_micro_batch:
             # One contrastive batch, embedded in micro-batches; the big-batch gradients accumulate in .grad.
             autocast = partial(autocast_context, settings.precision, device)
-            loss = grad_cache_step(model, batch, loss_fn, settings.grad_cache_micro_batch, autocast, scaler)
+            terms = grad_cache_step(model, batch, loss_fn, settings.grad_cache_micro_batch, autocast, scaler)
         else:
             # Under DDP, micro-batches before the last of a group keep their gradients local (no all-reduce).
             syncing = last_micro or not isinstance(model, DistributedDataParallel)
@@ -129,13 +134,15 @@ def train_one_epoch(
                 with autocast_context(settings.precision, device):
                     output = model(**batch)
                 # Contrastive logits need full precision: a bf16 softmax over the batch loses the small differences.
-                loss = loss_fn(**{key: value.float() for key, value in output.items()})
+                terms = loss_terms(loss_fn(**full_precision(output)))
+                loss = terms["loss"]
                 (scaler.scale(loss / accum) if scaler is not None else loss / accum).backward()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {position.step} (epoch {position.epoch})")
-        samples = next(iter(batch.values())).shape[0] * world_size  # every rank ran a batch of this size
+        if not torch.isfinite(terms["loss"]):
+            raise FloatingPointError(f"loss is {terms['loss'].item()} at step {position.step} (epoch {position.epoch})")
+        samples = batch_size_of(batch) * world_size  # every rank ran a batch of this size
         position.samples_in_epoch += samples
-        window_loss += loss.item() / accum
+        for name, value in terms.items():
+            window_terms[name] = window_terms.get(name, 0.0) + float(value.detach()) / accum
         window_samples += samples
         if not last_micro:
             tick = time.perf_counter()
@@ -153,8 +160,8 @@ def train_one_epoch(
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        with torch.no_grad():
-            module.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        if hasattr(module, "after_optimizer_step"):
+            module.after_optimizer_step()
         position.step += 1
         steps_taken += 1
         window_steps += 1
@@ -165,9 +172,9 @@ def train_one_epoch(
             record = {
                 "step": position.step,
                 "epoch": position.epoch,
-                "loss": window_loss / window_steps,
+                **{name: total / window_steps for name, total in window_terms.items()},
                 "lr": optimizer.param_groups[-1]["lr"],
-                "logit_scale": float(module.logit_scale.detach().exp()),
+                **(module.log_scalars() if hasattr(module, "log_scalars") else {}),
                 "samples_per_s": window_samples / max(elapsed, 1e-9),
                 "samples_per_s_per_rank": window_samples / world_size / max(elapsed, 1e-9),
                 "data_time_s": window_data_time / window_steps,
@@ -179,7 +186,8 @@ def train_one_epoch(
             bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_s']:.0f}")
             if log is not None:
                 log.write(record)
-            window_loss, window_samples, window_steps, window_data_time = 0.0, 0, 0, 0.0
+            window_terms = {}
+            window_samples, window_steps, window_data_time = 0, 0, 0.0
             window_start = time.perf_counter()
         if save_checkpoint is not None and settings.checkpoint_every and position.step % settings.checkpoint_every == 0:
             save_checkpoint(position)

@@ -1,44 +1,39 @@
-"""The quickstart run: train → evaluate before/after → index → example searches → table and figures."""
+"""The quickstart run: train → evaluate before/after → index → example searches → results and figures."""
 from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from rich.console import Console
 
-from polymodal.cli.pipeline import (
-    TrainResult,
-    evaluate_cached,
-    load_data_spec,
-    model_config_of,
-    make_tokenizer,
-    resolve_device,
-    run_training,
-    seed_everything,
-    split_train_val,
-    tower_features,
-)
-from polymodal.cli.report import plot_search_grid, plot_training_curve, print_table
-from polymodal.cli.run_config import DataConfig, OptimConfig, RunConfig, override_run_config
+from polymodal.data.catalog import load_data_spec, split_train_val
 from polymodal.data.records import ImageTextSet, concat_sets
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.data.transforms import image_transform
-from polymodal.factory import build_model
+from polymodal.encoders.build import build_tokenizer
 from polymodal.index import VectorIndex
 from polymodal.io import write_json
 from polymodal.metrics.classification import topk_accuracy
 from polymodal.metrics.retrieval import chance_recall
 from polymodal.models.dual_encoder import DualEncoder
+from polymodal.models.registry import build_model
+from polymodal.models.saving import save_model
+from polymodal.plots import plot_search_grid, plot_training_curve
+from polymodal.recipes.config import DataConfig, OptimConfig, RunConfig, override_run_config
+from polymodal.recipes.ensemble_weight import select_ensemble_weight, set_ensemble_weight
+from polymodal.recipes.frozen_towers import embed_cached, evaluate_cached, has_frozen_towers, tower_features
+from polymodal.recipes.training import TrainResult, model_config_of, run_training
+from polymodal.runtime import resolve_device, seed_everything
 from polymodal.tasks.embed import all_captions, embed_images, embed_texts
 from polymodal.tasks.retrieval import retrieval_from_embeddings
+from polymodal.tasks.search import search_index
 from polymodal.tasks.zero_shot import zero_shot_classifier
-from polymodal.train.checkpoint import save_weights
-from polymodal.train.ensemble_weight import select_ensemble_weight, set_ensemble_weight
+
+__all__ = ["Recipe", "results_table", "run_quickstart"]
 
 
 @dataclass
@@ -105,11 +100,8 @@ def embed_dataset(
     device = next(model.parameters()).device
     model.eval()
     captions, _, _ = all_captions(dataset)
-    if model.image_frozen and model.text_frozen:
-        features = tower_features(model, tokenizer, dataset, device, progress)
-        images = model.encode_image(image_tower_features=features.images.to(device))
-        texts = model.encode_text(text_tower_features=features.captions.to(device))
-        return images.float().cpu(), texts.float().cpu()
+    if has_frozen_towers(model):
+        return embed_cached(model, tower_features(model, tokenizer, dataset, device, progress))
     transform = image_transform(model.preprocess)
     return embed_images(model, dataset, transform, progress=progress), embed_texts(model, tokenizer, captions,
                                                                                     progress=False)
@@ -154,11 +146,15 @@ TABLE_METRICS = {"text_to_image_R@1": "text→image R@1", "text_to_image_R@5": "
 
 
 def run_quickstart(
-    out: str | Path, world: str = "real", progress: bool = True, overrides: list[str] | None = None
+    out: str | Path, world: str = "real", progress: bool = True, overrides: list[str] | None = None,
+    say: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
-    """Run the quickstart; ``overrides`` (``key=value`` as for ``polymodal train --set``) adjust the training
-    run, e.g. to make it smaller in tests."""
-    console = Console(width=max(Console().width, 110))  # the results table needs ~100 columns
+    """Run the quickstart and return its metrics (also written to ``out/metrics.json``).
+
+    Args:
+        overrides: ``key=value`` as for ``polymodal train --set``, e.g. to make the run smaller in tests.
+        say: receives a line for each stage ("1/4 ...").
+    """
     out = Path(out)
     recipe = real_recipe(str(out)) if world == "real" else shapes_recipe(str(out))
     if overrides:
@@ -171,23 +167,24 @@ def run_quickstart(
 
     before = None
     if recipe.compare_untrained:
-        console.print("[bold]1/4[/] scoring the untrained model (the training-free bridge)")
+        say("1/4 scoring the untrained model (the training-free bridge)")
         train_all = load_data_spec(recipe.run.data.train)
         _, held_out = split_train_val(train_all, recipe.run.data.val_fraction, recipe.run.train.seed)
-        untrained_config = model_config_of(recipe.run)
-        untrained = build_model(untrained_config).to(resolve_device(recipe.run.train.device))
-        untrained_tokenizer = make_tokenizer(untrained_config, train_all)
+        untrained_config, where = model_config_of(recipe.run)
+        untrained = build_model(untrained_config, where).to(resolve_device(recipe.run.train.device))
+        untrained_tokenizer = build_tokenizer(
+            untrained_config["text"], lambda: (caption for r in train_all.records for caption in r.captions), where)
         eval_sets, zero_shot_sets = _load_eval_sets(recipe, held_out)
         before, _ = evaluate_model(untrained, untrained_tokenizer, eval_sets, zero_shot_sets, recipe.templates, progress)
         del untrained
 
-    console.print("[bold]2/4[/] training")
+    say("2/4 training")
     train_started = time.perf_counter()
     result = run_training(recipe.run, progress=progress)
     train_seconds = time.perf_counter() - train_started
     plot_training_curve(out / "metrics.jsonl", out / "training_curve.png")
 
-    console.print("[bold]3/4[/] evaluating the trained model")
+    say("3/4 evaluating the trained model")
     eval_sets, zero_shot_sets = _load_eval_sets(recipe, result.val_set)
     after, image_embeddings = evaluate_model(result.model, result.tokenizer, eval_sets, zero_shot_sets,
                                              recipe.templates, progress)
@@ -198,36 +195,20 @@ def run_quickstart(
         mixing = _ensemble_with_bridge(result, progress)
         after, image_embeddings = evaluate_model(result.model, result.tokenizer, eval_sets, zero_shot_sets,
                                                  recipe.templates, progress)
-    final_model_dir = out / "model"
-    save_weights(result.model, final_model_dir)
-    result.tokenizer.save(final_model_dir / "tokenizer.json")
+    final_model_dir = save_model(result.model, out / "model", result.tokenizer)
 
-    console.print("[bold]4/4[/] indexing and searching")
+    say("4/4 indexing and searching")
     index_set = concat_sets([eval_sets[label] for label in recipe.index_sets], "quickstart-index")
     vectors = torch.cat([image_embeddings[label] for label in recipe.index_sets]).numpy()
     index = VectorIndex.build(vectors, [r.key for r in index_set.records], kind="flat", normalize=True,
                               checkpoint=str(final_model_dir.resolve()))
     index.save(out / "index")
-    searches = _run_searches(result.model, result.tokenizer, index, index_set, recipe.queries)
+    by_key = {record.key: i for i, record in enumerate(index_set.records)}
+    searches = [[(index_set.image(by_key[hit.key]), hit.score, hit.key) for hit in hits]
+                for hits in search_index(index, result.model, result.tokenizer, texts=recipe.queries)]
     plot_search_grid(recipe.queries, [[(image, score) for image, score, _ in hits] for hits in searches],
                      out / "search_examples.png")
 
-    rows = []
-    for label in {**eval_sets, **zero_shot_sets}:
-        for metric, shown in TABLE_METRICS.items():
-            if metric in after.get(label, {}):
-                row = {"dataset": label, "metric": shown, "chance": chance[label][metric]}
-                if before is not None:
-                    row["bridge (untrained)"] = before[label][metric]
-                if fine_tuned is not None:
-                    row["fine-tuned"] = fine_tuned[label][metric]
-                    row[f"final (w={mixing['weight']:g})"] = after[label][metric]
-                else:
-                    row["trained"] = after[label][metric]
-                rows.append(row)
-    print_table(f"quickstart ({world}) — percent; chance = random ranking", rows, console)
-    for query, hits in zip(recipe.queries, searches):
-        console.print(f"  [bold]{query!r}[/] → " + ", ".join(f"{Path(key).name} ({score:.2f})" for _, score, key in hits[:3]))
     metrics = {
         "world": world,
         "model": recipe.run.model,
@@ -246,8 +227,27 @@ def run_quickstart(
         "notes": recipe.notes,
     }
     write_json(out / "metrics.json", metrics)
-    console.print(f"wrote {out}/metrics.json, training_curve.png, search_examples.png, model/, checkpoints/, index/")
     return metrics
+
+
+def results_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The quickstart's result rows (dataset, metric, chance, and a column per model state), in percent."""
+    after, before, fine_tuned = metrics["trained"], metrics["untrained"], metrics["fine_tuned"]
+    rows = []
+    for label, scores in after.items():
+        for metric, shown in TABLE_METRICS.items():
+            if metric not in scores:
+                continue
+            row = {"dataset": label, "metric": shown, "chance": metrics["chance"][label][metric]}
+            if before is not None:
+                row["bridge (untrained)"] = before[label][metric]
+            if fine_tuned is not None:
+                row["fine-tuned"] = fine_tuned[label][metric]
+                row[f"final (w={metrics['ensemble']['weight']:g})"] = scores[metric]
+            else:
+                row["trained"] = scores[metric]
+            rows.append(row)
+    return rows
 
 
 def _ensemble_with_bridge(result: TrainResult, progress: bool) -> dict[str, Any]:
@@ -274,14 +274,3 @@ def _load_eval_sets(recipe: Recipe, held_out: ImageTextSet | None) -> tuple[dict
 
     return ({label: load(spec) for label, spec in recipe.retrieval_sets.items()},
             {label: load(spec) for label, spec in recipe.zero_shot_sets.items()})
-
-
-@torch.no_grad()
-def _run_searches(model: DualEncoder, tokenizer: TextTokenizer, index: VectorIndex, images: ImageTextSet,
-                  queries: list[str], k: int = 5) -> list[list[tuple[Any, float, str]]]:
-    device = next(model.parameters()).device
-    tokens = {key: value.to(device) for key, value in tokenizer(queries).items()}
-    query_vectors = F.normalize(model.encode_text(**tokens).float(), dim=-1).cpu().numpy()
-    by_key = {record.key: i for i, record in enumerate(images.records)}
-    return [[(images.image(by_key[hit.key]), hit.score, hit.key) for hit in hits]
-            for hits in index.search(query_vectors, k=k)]

@@ -1,0 +1,68 @@
+"""The one registry of model families: ``family`` name → :class:`~polymodal.models.family.ModelFamily`.
+
+Built-in families are registered here; a user registers their own with :func:`register_family` (as HF's
+``AutoModel.register``), after which presets, ``create_model``, ``run_training`` and ``load_model`` all accept it.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import nn
+
+from polymodal.models.dual_encoder import DUAL_ENCODER
+from polymodal.models.family import LossOptions, ModelFamily, Task
+from polymodal.typed_config import ConfigError
+
+__all__ = ["build_loss", "build_model", "family_of", "list_families", "register_family"]
+
+# Configs saved before families existed hold a dual encoder and no "family" key.
+DEFAULT_FAMILY = DUAL_ENCODER.name
+
+_FAMILIES: dict[str, ModelFamily] = {DUAL_ENCODER.name: DUAL_ENCODER}
+
+
+def register_family(
+    name: str,
+    build: Callable[[dict[str, Any], str, bool], nn.Module],
+    build_loss: Callable[[dict[str, Any], LossOptions], nn.Module],
+    task: Task = "contrastive",
+    exist_ok: bool = False,
+) -> ModelFamily:
+    """Make ``name`` a model family (see :class:`ModelFamily` for what ``build`` and ``build_loss`` do).
+
+    Raises:
+        ValueError: ``name`` is taken and ``exist_ok`` is false, or ``task`` is unknown.
+    """
+    if name in _FAMILIES and not exist_ok:
+        raise ValueError(f"model family {name!r} is already registered")
+    if task not in ("contrastive", "classification"):
+        raise ValueError(f"task must be 'contrastive' or 'classification', got {task!r}")
+    family = ModelFamily(name, build, build_loss, task)
+    _FAMILIES[name] = family
+    return family
+
+
+def list_families() -> list[str]:
+    return sorted(_FAMILIES)
+
+
+def family_of(config: Mapping[str, Any], where: str = "model config") -> ModelFamily:
+    """The family a model config names (``"family"``; a dual encoder when absent)."""
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"{where}: a model config is a mapping, got {type(config).__name__}")
+    name = config.get("family", DEFAULT_FAMILY)
+    if name not in _FAMILIES:
+        raise ConfigError(f"{where}: family = {name!r} is not a registered model family; known: "
+                          f"{', '.join(list_families())} (register one with polymodal.register_family)")
+    return _FAMILIES[name]
+
+
+def build_model(config: Mapping[str, Any], where: str = "model config", for_loading: bool = False) -> nn.Module:
+    """Build the model a config describes, with its family's builder."""
+    return family_of(config, where).build(dict(config), where, for_loading)
+
+
+def build_loss(config: Mapping[str, Any], options: LossOptions | None = None) -> nn.Module:
+    """The loss of the config's family."""
+    return family_of(config).build_loss(dict(config), options or LossOptions())

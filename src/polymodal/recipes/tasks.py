@@ -1,0 +1,146 @@
+"""What a run feeds a model and how it scores it, per task (a family's ``task``, ``models/family.py``).
+
+- ``contrastive``: image–caption pairs (in memory, as tar shards, or as cached frozen-tower outputs); scored by
+  retrieval R@K on the validation set.
+- ``classification``: labelled images with their captions; scored by top-1/top-5 accuracy.
+
+Each task builds the training dataset + collate and the per-epoch evaluator from one :class:`RunContext`.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from polymodal.data.labelled import LabelledImageCollator, LabelledImageDataset
+from polymodal.data.pair_dataset import (
+    CachedFeatureDataset,
+    ImageCaptionCollator,
+    ImageCaptionDataset,
+    collate_cached_features,
+)
+from polymodal.data.shards import CaptionPairStream
+from polymodal.data.tokenizers import TextTokenizer
+from polymodal.data.transforms import image_transform
+from polymodal.distributed import DistInfo, barrier, main_rank_first
+from polymodal.recipes.config import RunConfig
+from polymodal.recipes.data import RunData
+from polymodal.recipes.frozen_towers import evaluate_cached, has_frozen_towers, tower_features
+from polymodal.tasks.classification import evaluate_classification
+from polymodal.tasks.retrieval import evaluate_retrieval
+
+__all__ = ["ClassificationTask", "ContrastiveTask", "RunContext", "TASKS"]
+
+Collate = Callable[[list[Any]], dict[str, torch.Tensor]]
+Evaluator = Callable[[nn.Module], dict[str, float]]
+
+
+@dataclass
+class RunContext:
+    """What a task needs to build its data and evaluator (all built once, at the edge)."""
+
+    config: RunConfig
+    data: RunData
+    model: nn.Module
+    tokenizer: TextTokenizer | None
+    info: DistInfo
+    device: torch.device
+    progress: bool
+
+    @property
+    def evaluates(self) -> bool:
+        """Rank 0 evaluates; under FSDP every rank does (a sharded forward needs them all)."""
+        return self.info.is_main or self.config.train.fsdp
+
+
+def _on_evaluating_ranks(context: RunContext, score: Callable[[nn.Module], dict[str, float]] | None) -> Evaluator:
+    """``score`` on the evaluating ranks; every rank then waits at a barrier rather than inside its next
+    collective. Without a validation set (``score`` None) the metrics are empty."""
+
+    def evaluate(trained: nn.Module) -> dict[str, float]:
+        metrics = score(trained) if score is not None and context.evaluates else {}
+        barrier(context.info)
+        return metrics
+
+    return evaluate
+
+
+class ContrastiveTask:
+    """Image–caption pairs; frozen towers train on their cached outputs (a shard stream runs its towers)."""
+
+    def __init__(self, context: RunContext) -> None:
+        self.context = context
+        self.cached = (context.config.train.cache_features and has_frozen_towers(context.model)
+                       and context.data.shard_dir is None)
+
+    def train_data(self) -> tuple[Dataset | IterableDataset, Collate]:
+        context, opt = self.context, self.context.config.train
+        if self.cached:
+            with main_rank_first(context.info):  # rank 0 fills the on-disk feature cache, the others read it
+                features = tower_features(context.model, context.tokenizer, context.data.train_set, context.device,
+                                          context.progress)
+            dataset = CachedFeatureDataset(features.images, features.captions, features.caption_offsets, opt.seed)
+            return dataset, collate_cached_features
+        transform = image_transform(context.model.preprocess, train=True)
+        if context.data.shard_dir is not None:
+            stream = CaptionPairStream(context.data.shard_dir, rank=context.info.rank,
+                                       world_size=context.info.world_size,
+                                       shuffle_buffer=context.config.data.shuffle_buffer, seed=opt.seed,
+                                       transform=transform)
+            return stream, ImageCaptionCollator(context.tokenizer)
+        return ImageCaptionDataset(context.data.train_set, transform, opt.seed), ImageCaptionCollator(context.tokenizer)
+
+    def evaluator(self) -> Evaluator:
+        """Validation retrieval. Call before the model is sharded: with cached features the evaluating ranks
+        run the (still whole) towers over the validation set here."""
+        context, val_set = self.context, self.context.data.val_set
+        if val_set is None:
+            return _on_evaluating_ranks(context, None)
+        if self.cached and context.evaluates:
+            # Under FSDP rank 0 fills the on-disk feature cache, then the others read it.
+            with main_rank_first(context.info) if context.config.train.fsdp else contextlib.nullcontext():
+                features = tower_features(context.model, context.tokenizer, val_set, context.device, progress=False)
+            return _on_evaluating_ranks(context, lambda trained: evaluate_cached(trained, features, val_set))
+        transform = image_transform(context.model.preprocess)
+        return _on_evaluating_ranks(context, lambda trained: evaluate_retrieval(
+            trained, context.tokenizer, val_set, transform, progress=False))
+
+
+class ClassificationTask:
+    """Labelled images (+ a caption each when the set has them, tokenized if the model reads text)."""
+
+    def __init__(self, context: RunContext) -> None:
+        if context.data.shard_dir is not None:
+            raise ValueError("classification runs read their data in memory: data.train cannot be a shard directory")
+        self.context = context
+
+    def _loader(self, train: bool) -> tuple[Dataset, Collate]:
+        context = self.context
+        records = context.data.train_set if train else context.data.val_set
+        transform = image_transform(context.model.preprocess, train=train)
+        return (LabelledImageDataset(records, transform, context.config.train.seed),
+                LabelledImageCollator(context.tokenizer))
+
+    def train_data(self) -> tuple[Dataset, Collate]:
+        return self._loader(train=True)
+
+    def evaluator(self) -> Evaluator:
+        """Top-1/top-5 accuracy on the validation set."""
+        if self.context.data.val_set is None:
+            return _on_evaluating_ranks(self.context, None)
+        dataset, collate = self._loader(train=False)
+        # A private generator: evaluation in the middle of training must not advance the global RNG.
+        loader = DataLoader(dataset, batch_size=self.context.config.train.batch_size, collate_fn=collate,
+                            generator=torch.Generator().manual_seed(0))
+        return _on_evaluating_ranks(self.context, lambda trained: evaluate_classification(trained, loader))
+
+
+TASKS: dict[str, type[ContrastiveTask] | type[ClassificationTask]] = {
+    "contrastive": ContrastiveTask,
+    "classification": ClassificationTask,
+}
