@@ -49,3 +49,12 @@ def assert_close_in_bf16(encoder: nn.Module, inputs: dict) -> None:
     cos = F.cosine_similarity(out.pooled.float(), reference, dim=-1)
     assert cos.min() > 0.98, cos
     out.pooled.float().sum().backward()
+
+
+def assert_padding_invariant(encoder: nn.Module, ids: torch.Tensor, mask: torch.Tensor, atol: float) -> None:
+    """Each padded row of a batch encodes exactly as the same text alone without padding (tokens and pooled)."""
+    batch = encoder(ids, mask)
+    for i, length in enumerate(mask.sum(1).tolist()):
+        alone = encoder(ids[i : i + 1, :length], torch.ones(1, length))
+        torch.testing.assert_close(batch.pooled[i : i + 1], alone.pooled, atol=atol, rtol=1e-5)
+        torch.testing.assert_close(batch.tokens[i : i + 1, :length], alone.tokens, atol=atol, rtol=1e-5)

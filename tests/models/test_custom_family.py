@@ -1,7 +1,6 @@
 """A model family defined and registered outside the package trains, logs, saves, loads and resumes through the
 library API alone: nothing in train/ or cli/ knows it."""
 import copy
-import json
 import shutil
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from torch import nn
 import polymodal
 from polymodal.encoders.build import build_encoder
 from polymodal.models.family import LossOptions
+from tests.run_helpers import read_log
 
 FAMILY = "test_image_text_classifier"
 
@@ -70,9 +70,6 @@ def run_config(out: Path, tiny_model_config: dict, epochs: int = 4) -> dict:
         "out": str(out),
     }
 
-
-def read_log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_registered_family_trains_logs_saves_loads_and_resumes(tmp_path, tiny_model_config):

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
@@ -31,6 +30,7 @@ from polymodal.losses import ClipLoss
 from polymodal.train.fit import fit
 from polymodal.train.loop import LoopSettings
 from tests.distributed_helpers import free_port
+from tests.run_helpers import read_log, write_yaml
 
 WORLD, PAIRS, CONTEXT = 2, 64, 24
 # name → (LoopSettings keywords, loader batch per rank under DDP); the one-process reference takes WORLD x that.
@@ -100,13 +100,6 @@ def run_config(model_config: dict, out: Path, train: object, **options: object) 
     }
 
 
-def write_yaml(path: Path, config: dict) -> Path:
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def read_log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,4 @@
 """Learning check on the generated world, checkpoint round trip, and resume after a hard kill."""
-import json
 import os
 import signal
 import subprocess
@@ -9,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from polymodal import load_run_config, run_training
 from polymodal.metrics.retrieval import chance_recall
 from polymodal.models.saving import load_model, load_tokenizer
 from polymodal.train.checkpoint import resolve_checkpoint
+from tests.run_helpers import read_log, write_yaml
 
 
 def tiny_config(model: dict, out: Path, **train) -> dict:
@@ -28,21 +27,14 @@ def tiny_config(model: dict, out: Path, **train) -> dict:
     }
 
 
-def write_config(path: Path, config: dict) -> Path:
-    path.write_text(yaml.safe_dump(config))
-    return path
-
 
 def groups_of(dataset) -> tuple[list[str], list[str]]:
     return [r.group for r in dataset.records], [r.group for r in dataset.records for _ in r.captions]
 
 
-def read_log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
 
 def test_tiny_model_learns_on_generated_world(tmp_path, tiny_model_config):
-    config_file = write_config(tmp_path / "run.yaml", tiny_config(tiny_model_config, tmp_path / "run", epochs=10))
+    config_file = write_yaml(tmp_path / "run.yaml", tiny_config(tiny_model_config, tmp_path / "run", epochs=10))
     result = run_training(load_run_config(config_file), progress=False)
     log = read_log(tmp_path / "run")
     losses = [r["loss"] for r in log if "loss" in r]
@@ -54,7 +46,7 @@ def test_tiny_model_learns_on_generated_world(tmp_path, tiny_model_config):
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, tiny_model_config):
-    config_file = write_config(tmp_path / "run.yaml", tiny_config(tiny_model_config, tmp_path / "run", epochs=1))
+    config_file = write_yaml(tmp_path / "run.yaml", tiny_config(tiny_model_config, tmp_path / "run", epochs=1))
     result = run_training(load_run_config(config_file), progress=False)
     loaded = load_model(tmp_path / "run").eval()
     tokenizer = load_tokenizer(tmp_path / "run")
@@ -71,11 +63,11 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, tiny_model_conf
 
 def test_resume_after_kill_reaches_same_step_and_loss(tmp_path, tiny_model_config):
     epochs, steps_per_epoch = 3, 768 // 32
-    reference = run_training(load_run_config(write_config(tmp_path / "ref.yaml", tiny_config(tiny_model_config, tmp_path / "ref", epochs=epochs))), progress=False)
+    reference = run_training(load_run_config(write_yaml(tmp_path / "ref.yaml", tiny_config(tiny_model_config, tmp_path / "ref", epochs=epochs))), progress=False)
     reference_loss = [r["loss"] for r in read_log(tmp_path / "ref") if "loss" in r][-1]
 
     run = tmp_path / "run"
-    config_file = write_config(tmp_path / "run.yaml", tiny_config(tiny_model_config, run, epochs=epochs))
+    config_file = write_yaml(tmp_path / "run.yaml", tiny_config(tiny_model_config, run, epochs=epochs))
     command = [sys.executable, "-m", "polymodal.cli", "train", str(config_file), "--no-progress"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from polymodal.data.records import ImageTextSet, caption_choice
+from polymodal.data.records import EpochSeeded, ImageTextSet
 from polymodal.data.tokenizers import TextTokenizer
 
 __all__ = ["LabelledImageCollator", "LabelledImageDataset"]
 
 
-class LabelledImageDataset(Dataset):
+class LabelledImageDataset(EpochSeeded, Dataset):
     """Yields ``(image_tensor, caption | None, label)``: one item per record, a caption drawn per epoch.
 
     Raises:
@@ -33,22 +33,16 @@ class LabelledImageDataset(Dataset):
         unlabelled = [record.key for record in dataset.records if record.label is None]
         if unlabelled:
             raise ValueError(f"{dataset.name}: {len(unlabelled)} records have no label (first: {unlabelled[0]})")
+        super().__init__(seed)
         self.dataset = dataset
         self.transform = transform
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str | None, int]:
         record = self.dataset.records[index]
-        caption = None
-        if record.captions:
-            caption = record.captions[caption_choice(self.seed, self.epoch, index, len(record.captions))]
+        caption = self.caption(record.captions, index) if record.captions else None
         return self.transform(self.dataset.image(index)), caption, int(record.label)
 
 

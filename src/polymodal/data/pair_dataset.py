@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from polymodal.data.records import ImageTextSet, caption_choice
+from polymodal.data.records import EpochSeeded, ImageTextSet
 from polymodal.data.tokenizers import TextTokenizer
 
 
-class ImageCaptionDataset(Dataset):
+class ImageCaptionDataset(EpochSeeded, Dataset):
     """Yields ``(image_tensor, caption)``: one item per image, a caption drawn per epoch."""
 
     def __init__(
@@ -24,27 +24,18 @@ class ImageCaptionDataset(Dataset):
         empty = [r.key for r in dataset.records if not r.captions]
         if empty:
             raise ValueError(f"{dataset.name}: {len(empty)} records have no caption (first: {empty[0]})")
+        super().__init__(seed)
         self.dataset = dataset
         self.transform = transform
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def caption_index(self, index: int) -> int:
-        captions = self.dataset.records[index].captions
-        return caption_choice(self.seed, self.epoch, index, len(captions))
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
-        record = self.dataset.records[index]
-        return self.transform(self.dataset.image(index)), record.captions[self.caption_index(index)]
+        return self.transform(self.dataset.image(index)), self.caption(self.dataset.records[index].captions, index)
 
 
-class CachedFeatureDataset(Dataset):
+class CachedFeatureDataset(EpochSeeded, Dataset):
     """Yields ``(image_tower_features, text_tower_features)`` rows precomputed by frozen towers.
 
     Args:
@@ -60,22 +51,18 @@ class CachedFeatureDataset(Dataset):
             raise ValueError(
                 f"caption_offsets has {caption_offsets.numel()} entries, expected {image_features.shape[0] + 1}"
             )
+        super().__init__(seed)
         self.image_features = image_features
         self.text_features = text_features
         self.caption_offsets = caption_offsets
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return self.image_features.shape[0]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         start, end = int(self.caption_offsets[index]), int(self.caption_offsets[index + 1])
-        choice = start + caption_choice(self.seed, self.epoch, index, end - start)
-        return self.image_features[index], self.text_features[choice]
+        rows = range(start, end)
+        return self.image_features[index], self.text_features[self.caption(rows, index)]
 
 
 class ImageCaptionCollator:

@@ -51,6 +51,22 @@ def caption_choice(seed: int, epoch: int, index: int, count: int) -> int:
     return random.Random(hash((seed, epoch, index))).randrange(count)
 
 
+class EpochSeeded:
+    """A training dataset whose items depend on ``(seed, epoch, index)`` only (which caption a sample shows):
+    ``set_epoch`` is how the loop moves it to the next epoch."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def caption(self, captions: Sequence[str], index: int) -> str:
+        """The caption sample ``index`` shows this epoch."""
+        return captions[caption_choice(self.seed, self.epoch, index, len(captions))]
+
+
 def open_rgb(path: str | Path) -> Image.Image:
     """Open an image file as RGB (the loader used by every on-disk reader)."""
     with Image.open(path) as image:

@@ -107,8 +107,8 @@ def grad_cache_step(
         key: (value if value.ndim == 0 else torch.cat([c[key] for c in cached])).requires_grad_()
         for key, value in cached[0].items()
     }  # features (N, D), scalars 0-d
-    terms = loss_terms(loss_fn(**leaves))
-    loss = terms["loss"]
+    loss_parts = loss_terms(loss_fn(**leaves))
+    loss = loss_parts["loss"]
     output_grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)))
     grad_slices = {
         key: grad.split(micro_batch_size)
@@ -134,4 +134,4 @@ def grad_cache_step(
                 ]
             surrogate = torch.stack(terms).sum()
             (scaler.scale(surrogate) if scaler is not None else surrogate).backward()
-    return {name: value.detach() for name, value in terms.items()}
+    return {name: value.detach() for name, value in loss_parts.items()}
