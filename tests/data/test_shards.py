@@ -71,7 +71,7 @@ def test_writing_is_reproducible_and_refuses_a_used_folder(dataset: ImageTextSet
                                                           tmp_path: Path) -> None:
     again = write_shards(dataset, tmp_path / "again", samples_per_shard=10, image_format="png", progress=False)
     assert all(path.read_bytes() == (shard_dir / path.name).read_bytes() for path in again)
-    with pytest.raises(ValueError, match="not an empty directory"):
+    with pytest.raises(ValueError, match=r"is not empty; pass --overwrite"):
         write_shards(dataset, tmp_path / "again", samples_per_shard=10, progress=False)
 
 

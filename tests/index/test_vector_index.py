@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from polymodal.index import IndexLoadError, SearchHit, VectorIndex, default_nlist
-from polymodal.index import storage
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:
@@ -151,60 +149,35 @@ def test_add_after_load_continues_ids(tmp_path: Path, small: VectorIndex) -> Non
     assert VectorIndex.load(tmp_path).search(extra, k=1) == hits
 
 
-def fail_on_replace_call(monkeypatch: pytest.MonkeyPatch, failing_call: int) -> None:
-    """Make the ``failing_call``-th ``os.replace`` raise, as if the process died there."""
-    real_replace, calls = os.replace, []
-
-    def replace(src: object, dst: object) -> None:
-        calls.append(dst)
-        if len(calls) == failing_call:
-            raise OSError("simulated crash")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", replace)
-
-
-def test_crash_before_any_rename_keeps_previous_index(tmp_path: Path, small: VectorIndex,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_save_interrupted_between_its_two_renames_is_put_back(tmp_path: Path, small: VectorIndex,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The old index was set aside and the new one not yet renamed in: the next load restores the old one."""
+    directory = tmp_path / "index"
+    small.save(directory)
     query = clustered(3, 16, seed=12)
-    small.save(tmp_path)
     before = small.search(query, k=5)
-    small.add(clustered(10, 16, seed=13), make_keys(10, start=300))
-    fail_on_replace_call(monkeypatch, 1)
+    real_rename, calls = Path.rename, []
+
+    def rename(self: Path, target: Path) -> Path:
+        calls.append(target)
+        if len(calls) == 2:  # the first sets the old index aside, the second would move the new one in
+            raise OSError("simulated crash")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
     with pytest.raises(OSError, match="simulated crash"):
-        small.save(tmp_path)
-    loaded = VectorIndex.load(tmp_path)
-    assert len(loaded) == 300 and loaded.search(query, k=5) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.faiss", "keys.json", "meta.json"]
-
-
-@pytest.mark.parametrize("failing_call", [2, 3])
-def test_crash_between_renames_is_a_clear_error_not_wrong_data(tmp_path: Path, small: VectorIndex,
-                                                               monkeypatch: pytest.MonkeyPatch,
-                                                               failing_call: int) -> None:
-    small.save(tmp_path)
-    # Same count and keys, different vectors: only the checksums in meta.json can tell the saves apart.
-    rebuilt = VectorIndex.build(clustered(300, 16, seed=14), make_keys(300))
-    fail_on_replace_call(monkeypatch, failing_call)
-    with pytest.raises(OSError, match="simulated crash"):
-        rebuilt.save(tmp_path)
-    with pytest.raises(IndexLoadError, match=r"index\.faiss.*meta\.json"):
-        VectorIndex.load(tmp_path)
-
-
-def test_crash_while_writing_keeps_previous_index(tmp_path: Path, small: VectorIndex,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    small.save(tmp_path)
-
-    def crash(path: Path) -> str:
-        raise OSError("simulated crash")
-
-    monkeypatch.setattr(storage, "_sha256", crash)  # dies after index.faiss and keys.json temp files are written
-    with pytest.raises(OSError, match="simulated crash"):
-        VectorIndex.build(clustered(10, 16, seed=15), make_keys(10)).save(tmp_path)
+        VectorIndex.build(clustered(300, 16, seed=14), make_keys(300)).save(directory)
     monkeypatch.undo()
-    assert len(VectorIndex.load(tmp_path)) == 300
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not directory.exists() and len(list(tmp_path.glob(".replaced-index-*"))) == 1
+    assert VectorIndex.load(directory).search(query, k=5) == before  # load puts the old index back
+    assert not list(tmp_path.glob(".replaced-*")) and not list(tmp_path.glob(".staging-*"))
+
+
+def test_a_folder_of_other_files_is_not_replaced(tmp_path: Path, small: VectorIndex) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds other files"):
+        small.save(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_dimension_mismatch_names_expected_and_got(small: VectorIndex) -> None:

@@ -12,7 +12,7 @@ import torch
 from polymodal import load_run_config, run_training
 from polymodal.metrics.retrieval import chance_recall
 from polymodal.models.saving import load_model, load_tokenizer
-from polymodal.train.checkpoint import resolve_checkpoint
+from polymodal.train.checkpoint import find_resume_checkpoint
 from tests.run_helpers import read_log, write_yaml
 
 
@@ -55,9 +55,9 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, tiny_model_conf
     image = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(image=image, **tokens)["image_features"], result.model(image=image, **tokens)["image_features"])
-    checkpoint = resolve_checkpoint(tmp_path / "run")
+    checkpoint = find_resume_checkpoint(tmp_path / "run").checkpoint
     assert {p.name for p in checkpoint.iterdir()} == {"model.safetensors", "config.json", "tokenizer.json",
-                                                      "preprocess.json", "train_state.pt"}
+                                                      "preprocess.json", "train_state.pt", "manifest.json"}
     assert not list((tmp_path / "run" / "checkpoints").glob(".staging-*")), "no staging directory left behind"
 
 

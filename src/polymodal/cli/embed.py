@@ -6,7 +6,8 @@ import argparse
 HELP = """\
 Embed every image of a dataset with a trained model, in batches, with a progress bar. Writes
 DIR/embeddings.safetensors ("image_embeddings": (N, D) unit-norm float32), DIR/keys.json (record keys, i.e.
-image paths, in row order) and DIR/meta.json (checkpoint, dataset). Build a search index from it with
+image paths, in row order) and DIR/meta.json (checkpoint, a checksum of its weights, dataset, and checksums of
+the other two files, written last: the three files appear as one unit). Build a search index from it with
 `polymodal index build DIR --out INDEX`.
 """
 
@@ -24,23 +25,18 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
     from polymodal.data.catalog import load_data_spec
-    from polymodal.io import atomic_path, write_json
-    from polymodal.models.saving import load_for_inference
+    from polymodal.index.embeddings import save_embeddings
+    from polymodal.io import output_directory
+    from polymodal.models.saving import load_for_inference, weights_sha256
     from polymodal.tasks.embed import embed_images
 
+    out = output_directory(args.out, "--out")  # before the work: a bad --out fails in a second, not after it
     loaded = load_for_inference(args.checkpoint, args.device)
     dataset = load_data_spec(args.data, args.skip_bad)
     embeddings = embed_images(loaded.model, dataset, loaded.transform, batch_size=args.batch_size)
-    out = Path(args.out)
-    with atomic_path(out / "embeddings.safetensors") as tmp:
-        save_file({"image_embeddings": embeddings.contiguous()}, str(tmp))
-    write_json(out / "keys.json", [record.key for record in dataset.records])
-    write_json(out / "meta.json", {"checkpoint": str(loaded.directory.resolve()), "dataset": dataset.name,
-                                   "count": len(dataset), "dim": int(embeddings.shape[1])})
+    save_embeddings(out, embeddings, [record.key for record in dataset.records],
+                    {"checkpoint": str(loaded.directory.resolve()), "weights_sha256": weights_sha256(loaded.directory),
+                     "dataset": dataset.name})
     print(f"embedded {len(dataset)} images ({dataset.skipped} skipped) → {out}")
     return 0

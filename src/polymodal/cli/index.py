@@ -29,22 +29,16 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
     from polymodal.index import VectorIndex
-    from polymodal.io import read_json
+    from polymodal.index.embeddings import load_embeddings
+    from polymodal.io import output_directory
 
-    source = Path(args.embeddings)
-    vectors_file = source / "embeddings.safetensors"
-    if not vectors_file.is_file():
-        raise FileNotFoundError(f"{vectors_file} not found: run `polymodal embed` first")
-    vectors = load_file(str(vectors_file))["image_embeddings"].numpy()
-    keys = read_json(source / "keys.json", "key table")
-    meta = read_json(source / "meta.json", "embedding metadata")
-    index = VectorIndex.build(vectors, keys, kind=args.kind, nlist=args.nlist, normalize=True,
-                              checkpoint=meta["checkpoint"], metadata={"dataset": meta.get("dataset")})
-    index.save(args.out)
-    print(f"indexed {len(index)} vectors of dim {index.dim} ({args.kind}) → {args.out}")
+    out = output_directory(args.out, "--out")
+    embeddings = load_embeddings(args.embeddings)
+    meta = embeddings.meta
+    index = VectorIndex.build(embeddings.vectors.numpy(), embeddings.keys, kind=args.kind, nlist=args.nlist,
+                              normalize=True, checkpoint=meta.get("checkpoint"),
+                              metadata={"dataset": meta.get("dataset"), "weights_sha256": meta.get("weights_sha256")})
+    index.save(out)
+    print(f"indexed {len(index)} vectors of dim {index.dim} ({args.kind}) → {out}")
     return 0

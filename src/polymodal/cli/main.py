@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="polymodal", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"polymodal {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (for bug reports); also POLYMODAL_DEBUG=1")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for module in (quickstart, train, evaluate, embed, index, search, data):
         module.register(verbs)
@@ -42,18 +45,34 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The library reports what it decided (e.g. which checkpoint --resume took) through the "polymodal" logger.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"polymodal {args.verb}: %(message)s"))
+    library_log = logging.getLogger("polymodal")
+    library_log.addHandler(handler)
+    library_log.setLevel(logging.INFO)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, KeyError, ImportError) as error:
-        # Bad input gets one clear line, not a traceback from deep inside (POLYMODAL_DEBUG=1 shows it).
-        if os.environ.get("POLYMODAL_DEBUG"):
+    except (OSError, ValueError, KeyError, ImportError) as error:
+        # Bad input gets one clear line, not a traceback from deep inside (--debug shows it).
+        if args.debug or os.environ.get("POLYMODAL_DEBUG"):
             raise
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"polymodal {args.verb}: error: {message}", file=sys.stderr)
+        print(f"polymodal {args.verb}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    finally:
+        library_log.removeHandler(handler)
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of ``error`` as one line a user can act on."""
+    if isinstance(error, KeyError):
+        return f"missing key {error.args[0]!r}" if error.args else "missing key"
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.strerror}: {error.filename}"
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 if __name__ == "__main__":

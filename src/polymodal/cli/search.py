@@ -28,9 +28,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from polymodal.cli.common import print_json
     from polymodal.cli.report import print_table
-    from polymodal.data.records import open_rgb
+    from polymodal.data.records import open_image_file
     from polymodal.index import VectorIndex
-    from polymodal.models.saving import load_for_inference
+    from polymodal.models.saving import load_for_inference, weights_sha256
     from polymodal.tasks.search import search_index
 
     if (args.query is None) == (args.image is None):
@@ -40,9 +40,13 @@ def run(args: argparse.Namespace) -> int:
     if not checkpoint:
         raise ValueError(f"{args.index} records no checkpoint; pass --checkpoint")
     loaded = load_for_inference(checkpoint, args.device)
+    recorded = index.metadata.get("weights_sha256")
+    if recorded and recorded != weights_sha256(loaded.directory):
+        raise ValueError(f"{args.index} was built from embeddings of other weights than {loaded.directory}'s: "
+                         "queries would land in another space; embed and index again with this model")
     hits = search_index(index, loaded.model, loaded.tokenizer, loaded.transform,
                         texts=None if args.query is None else [args.query],
-                        images=None if args.image is None else [open_rgb(args.image)], k=args.k)[0]
+                        images=None if args.image is None else [open_image_file(args.image)], k=args.k)[0]
     rows = [{"rank": rank, "score": hit.score, "key": hit.key} for rank, hit in enumerate(hits, start=1)]
     if args.json:
         print_json({"query": args.query or args.image, "results": rows})

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from polymodal.data.records import DataError, ImageTextSet
-from polymodal.io import write_bytes, write_json
+from polymodal.io import output_directory, write_bytes, write_json
 
 # Below this many images a progress bar is noise.
 PROGRESS_MIN_IMAGES = 100
@@ -146,12 +146,8 @@ def _prepare(out_dir: str | Path, overwrite: bool) -> Path:
     With ``overwrite`` files of the same name are replaced; nothing is deleted, so a smaller export into an
     old folder leaves the old extra images beside files that no longer mention them.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: output path exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"{out}: output directory exists and is not empty; pass overwrite=True to write into it")
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    out = output_directory(out_dir, "--to", empty=not overwrite)
+    (out / "images").mkdir(exist_ok=True)
     return out
 
 

@@ -10,6 +10,7 @@ evaluation, embedding and export never care where the images came from. Each tas
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,35 @@ class EpochSeeded:
     def caption(self, captions: Sequence[str], index: int) -> str:
         """The caption sample ``index`` shows this epoch."""
         return captions[caption_choice(self.seed, self.epoch, index, len(captions))]
+
+
+def open_image_file(path: str | Path, max_pixels: int | None = None) -> Image.Image:
+    """Open a user-given image file as RGB, refusing with a :class:`DataError` that names the file: a missing
+    path, a directory or device, a file that is no image, or one with more pixels than ``max_pixels`` (default
+    Pillow's decompression-bomb limit) — checked from the header, before any pixel is decoded."""
+    path = Path(path)
+    limit = max_pixels or Image.MAX_IMAGE_PIXELS or 89_478_485
+    if not path.exists():
+        raise DataError(path, None, "no such file")
+    if not path.is_file():
+        raise DataError(path, None, "not a regular file (a directory or a device)")
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice it; the size check below refuses those instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            if image.width * image.height > limit:
+                raise DataError(path, None, f"{image.width}x{image.height} pixels exceed the limit of {limit} "
+                                            "(a decompression bomb?)")
+            return image.convert("RGB")
+    except DataError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise DataError(path, None, f"refused as a decompression bomb ({error})") from None
+    # Pillow reports undecodable files through many exception types (OSError, SyntaxError, struct.error, ...).
+    except Exception as error:  # noqa: BLE001
+        raise DataError(path, None, f"not a readable image ({type(error).__name__}: {error})") from None
 
 
 def open_rgb(path: str | Path) -> Image.Image:

@@ -51,7 +51,7 @@ from tqdm import tqdm
 from polymodal.data.export import PROGRESS_MIN_IMAGES
 from polymodal.data.records import DataError, ImageTextRecord, ImageTextSet, caption_choice
 from polymodal.distributed import DistInfo, get_rank, get_world_size
-from polymodal.io import atomic_path, read_json
+from polymodal.io import atomic_path, output_directory, read_json
 
 INDEX_NAME = "shards.json"
 IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG"}
@@ -85,10 +85,7 @@ def write_shards(
         raise ValueError(f"image_format must be one of {sorted(IMAGE_FORMATS)}, got {image_format!r}")
     if len(dataset) == 0:
         raise ValueError(f"{dataset.name}: no records to shard")
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
-        raise ValueError(f"{out}: output exists and is not an empty directory; pass overwrite=True to write into it")
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_directory(out_dir, "--to", empty=not overwrite)
     (out / INDEX_NAME).unlink(missing_ok=True)
     digits = max(6, len(str(len(dataset) - 1)))
     options = {"quality": JPEG_QUALITY} if image_format == "jpg" else {}

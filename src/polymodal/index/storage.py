@@ -6,21 +6,21 @@ A saved index is a directory holding::
     keys.json     the id -> key table: a JSON list whose position i holds the key of id i
     meta.json     format, dim, count, the SHA-256 of the other two files, and the caller's own fields
 
-All three are first written under temporary names, then renamed into place with ``meta.json`` last.
-Because ``meta.json`` names the exact bytes of the other two it is the commit point: a crash while writing
-leaves the previous index untouched, and a crash between renames makes :func:`read_index_directory` fail
-with an error naming the file that disagrees, so mixed data is never loaded.
+All three are first written under temporary names and synced, then renamed into place with ``meta.json`` last
+(:func:`polymodal.io.publish_together`). Because ``meta.json`` names the exact bytes of the other two it is the
+commit point: a crash while writing leaves the previous index untouched, and a crash between renames makes
+:func:`read_index_directory` fail with an error naming the file that disagrees, so mixed data is never loaded.
+Temporary files a crash left behind are removed by the next save.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import faiss
 
-from polymodal.io import atomic_path, read_json
+from polymodal.io import publish_together, read_json, recover_directory, verify_published
 
 INDEX_FILE = "index.faiss"
 KEYS_FILE = "keys.json"
@@ -41,22 +41,15 @@ def write_index_directory(
     """
     if index.ntotal != len(keys):
         raise ValueError(f"index holds {index.ntotal} vectors but {len(keys)} keys were given")
-    directory = Path(directory)
-    # atomic_path renames its temporary file when its block exits, innermost first: so all three files are
-    # complete before the first rename, and meta.json (the outermost) is renamed last.
-    with atomic_path(directory / META_FILE) as meta_tmp:
-        with atomic_path(directory / KEYS_FILE) as keys_tmp:
-            with atomic_path(directory / INDEX_FILE) as index_tmp:
-                faiss.write_index(index, str(index_tmp))
-                keys_tmp.write_text(json.dumps(keys, ensure_ascii=False), encoding="utf-8")
-                full_meta = {
-                    **meta,
-                    "format": FORMAT_VERSION,
-                    "dim": int(index.d),
-                    "count": int(index.ntotal),
-                    "sha256": {INDEX_FILE: _sha256(index_tmp), KEYS_FILE: _sha256(keys_tmp)},
-                }
-                meta_tmp.write_text(json.dumps(full_meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    keys_text = json.dumps(keys, ensure_ascii=False)
+    publish_together(
+        Path(directory),
+        {INDEX_FILE: lambda tmp: faiss.write_index(index, str(tmp)),
+         KEYS_FILE: lambda tmp: tmp.write_text(keys_text, encoding="utf-8")},
+        META_FILE,
+        {**meta, "format": FORMAT_VERSION, "dim": int(index.d), "count": int(index.ntotal)},
+        fault="index",
+    )
 
 
 def read_index_directory(directory: str | Path) -> tuple[faiss.Index, list[str], dict[str, Any]]:
@@ -69,7 +62,7 @@ def read_index_directory(directory: str | Path) -> tuple[faiss.Index, list[str],
         FileNotFoundError: ``directory`` or one of its three files is missing.
         IndexLoadError: a file is corrupt, or the files disagree (e.g. a save that crashed between renames).
     """
-    directory = Path(directory)
+    directory = recover_directory(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"index directory {directory} does not exist")
     meta_path, keys_path, index_path = (directory / name for name in (META_FILE, KEYS_FILE, INDEX_FILE))
@@ -78,12 +71,10 @@ def read_index_directory(directory: str | Path) -> tuple[faiss.Index, list[str],
     for path in (keys_path, index_path):
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing")
-        # meta.json is renamed into place last, so a file whose checksum differs comes from another save.
-        if _sha256(path) != meta["sha256"][path.name]:
-            raise IndexLoadError(
-                f"{path} does not match {meta_path} (checksum differs): a save was interrupted or the files "
-                "come from different saves; save or build the index again"
-            )
+    # meta.json is renamed into place last, so a file whose checksum differs comes from another save.
+    mismatch = verify_published(directory, meta, (KEYS_FILE, INDEX_FILE), meta_path)
+    if mismatch is not None:
+        raise IndexLoadError(f"{mismatch}; save or build the index again")
     keys = _read_json(keys_path)
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or len(set(keys)) != len(keys):
         raise IndexLoadError(f"{keys_path} must hold a JSON list of distinct strings")
@@ -116,8 +107,3 @@ def _read_json(path: Path) -> Any:
         raise IndexLoadError(f"{path}: not UTF-8 text ({error})") from error
     except ValueError as error:  # read_json's syntax error already names the file and position
         raise IndexLoadError(str(error)) from error
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()

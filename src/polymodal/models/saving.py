@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
@@ -22,12 +21,12 @@ from torch import nn
 
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.data.transforms import image_transform
-from polymodal.io import atomic_path, read_json, write_json
+from polymodal.io import atomic_path, crash_point, file_sha256, read_json, write_json
 from polymodal.models.registry import build_model
 from polymodal.runtime import resolve_device
 
-__all__ = ["LoadedModel", "load_for_inference", "load_model", "load_tokenizer", "read_config", "resolve_model_dir",
-           "save_model"]
+__all__ = ["LoadedModel", "load_for_inference", "load_model", "load_model_config", "load_tokenizer", "resolve_model_dir", "save_model",
+           "weights_sha256"]
 
 WEIGHTS, CONFIG, TOKENIZER, PREPROCESS = "model.safetensors", "config.json", "tokenizer.json", "preprocess.json"
 # A run directory's pointer to its newest checkpoint (written by train/checkpoint.py).
@@ -57,6 +56,7 @@ def save_model(
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in source.items()}
     with atomic_path(directory / WEIGHTS) as tmp:
         save_file(state, str(tmp))
+    crash_point("model.weights")
     write_json(directory / CONFIG, model.config)
     preprocess = getattr(model, "preprocess", None)
     if preprocess is not None:
@@ -140,6 +140,12 @@ def load_for_inference(path: str | Path, device: str | torch.device = "auto") ->
     return LoadedModel(model, load_tokenizer(directory), transform, directory)
 
 
-def read_config(path: str | Path) -> dict[str, Any]:
-    """The model config saved in a model or run directory."""
+def load_model_config(path: str | Path) -> dict:
+    """The model config saved in a model or run directory (``config.json``)."""
     return read_json(resolve_model_dir(path) / CONFIG, "model config")
+
+
+def weights_sha256(path: str | Path) -> str:
+    """SHA-256 of a saved model's weights file: what an embedding or index records, so a query is embedded by
+    the very weights that embedded the items."""
+    return file_sha256(resolve_model_dir(path) / WEIGHTS)

@@ -16,7 +16,7 @@ from polymodal.data.tokenizers import TextTokenizer
 from polymodal.data.transforms import image_transform
 from polymodal.encoders.build import build_tokenizer
 from polymodal.index import VectorIndex
-from polymodal.io import write_json
+from polymodal.io import output_directory, write_json
 from polymodal.metrics.classification import topk_accuracy
 from polymodal.metrics.retrieval import chance_recall
 from polymodal.models.dual_encoder import DualEncoder
@@ -155,7 +155,7 @@ def run_quickstart(
         overrides: ``key=value`` as for ``polymodal train --set``, e.g. to make the run smaller in tests.
         say: receives a line for each stage ("1/4 ...").
     """
-    out = Path(out)
+    out = output_directory(out, "--out")
     recipe = real_recipe(str(out)) if world == "real" else shapes_recipe(str(out))
     if overrides:
         recipe.run = override_run_config(recipe.run, overrides)

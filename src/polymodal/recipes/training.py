@@ -12,6 +12,7 @@ evaluating and checkpointing, whose gathers are collective, while rank 0 still w
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,9 @@ from polymodal.distributed import DistInfo, barrier, build_on_main_rank, cleanup
 from polymodal.encoders.build import build_tokenizer
 from polymodal.factory import get_model_config, preset_where
 from polymodal.models.family import LossOptions
-from polymodal.models.registry import build_model, family_of
-from polymodal.models.saving import load_model, load_tokenizer
+from polymodal.models.registry import DEFAULT_FAMILY, build_model, family_of
+from polymodal.models.saving import load_model, load_model_config, load_tokenizer
+from polymodal.io import output_directory
 from polymodal.precision import resolve_precision
 from polymodal.recipes.config import RunConfig, run_config_to_dict
 from polymodal.recipes.data import load_run_data, make_train_loader
@@ -38,8 +40,8 @@ from polymodal.runtime import resolve_device, seed_everything
 from polymodal.train.checkpoint import (
     TrainPosition,
     checkpoint_path,
+    find_resume_checkpoint,
     load_train_state,
-    resolve_checkpoint,
     save_checkpoint,
 )
 from polymodal.train.data_position import data_state, epoch_batches
@@ -50,7 +52,15 @@ from polymodal.train.metrics_log import MetricsLog
 from polymodal.train.optim import create_optimizer
 from polymodal.train.schedule import warmup_cosine
 
-__all__ = ["TrainResult", "model_config_of", "run_training"]
+__all__ = ["RESUMABLE_SETTINGS", "TrainResult", "model_config_of", "run_training"]
+
+log = logging.getLogger("polymodal")
+
+# What --resume takes from the new run config; everything else about the trajectory comes from the checkpoint
+# (the model must not change at all: a resume that changes it is refused).
+RESUMABLE_SETTINGS = ("train.epochs", "train.max_steps", "train.lr", "train.weight_decay", "train.grad_clip",
+                      "train.log_every", "train.checkpoint_every", "train.num_workers", "train.device",
+                      "train.precision", "data.val", "data.skip_bad")
 
 
 def model_config_of(config: RunConfig) -> tuple[dict[str, Any], str]:
@@ -123,12 +133,14 @@ def _train(config: RunConfig, resume: bool, progress: bool, info: DistInfo, devi
     if opt.fsdp and not info.is_distributed:
         raise ValueError("train.fsdp shards the model over processes: start the run with --nproc N (N >= 2) "
                          "or torchrun")
-    out.mkdir(parents=True, exist_ok=True)
+    output_directory(out, "out")
     # The same seed on every rank: identical initial weights (DDP also broadcasts rank 0's) and augmentation RNG
     # streams that stay in step, so the RNG state rank 0 saves resumes every rank.
     seed_everything(opt.seed)
     precision = resolve_precision(opt.precision, device)
     resume_from = _resume_checkpoint(out, resume)
+    if resume_from is not None:
+        _refuse_model_change(config, resume_from)
     model = _build_model(config, device, resume_from)  # first: a bad model config stops before data is read
     data = load_run_data(config.data, opt.seed)
     tokenizer = _build_tokenizer(model, data.captions, info, resume_from)
@@ -162,6 +174,7 @@ def _train(config: RunConfig, resume: bool, progress: bool, info: DistInfo, devi
         if opt.fsdp:
             load_sharded_state(resume_from, model, optimizer)
         position, resumed_data = load_train_state(resume_from, None if opt.fsdp else optimizer, scheduler, scaler)
+        _apply_resumable_settings(optimizer, scheduler, opt.lr, opt.weight_decay)
 
     def save(at: TrainPosition) -> Path:
         stream_position = data_state(loader, at)  # a shard stream's own record; None for the sampler
@@ -191,12 +204,53 @@ def _train(config: RunConfig, resume: bool, progress: bool, info: DistInfo, devi
 
 
 def _resume_checkpoint(out: Path, resume: bool) -> Path | None:
-    """The checkpoint to continue from, None for a fresh start; refuses to train over an earlier run."""
+    """The checkpoint to continue from, None for a fresh start; refuses to train over an earlier run, and never
+    starts afresh over a run that holds checkpoints (when none verifies it stops instead)."""
     if not resume:
         if (out / "checkpoints").exists() or (out / "metrics.jsonl").exists():
             raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another `out`")
         return None
-    try:
-        return resolve_checkpoint(out)
-    except FileNotFoundError:
-        return None  # nothing saved yet: a fresh start is the honest resume
+    choice = find_resume_checkpoint(out)
+    for path, reason in choice.skipped:
+        log.warning("--resume: skipped %s (%s); set aside as %s", path.name, reason, f"rejected-{path.name}")
+    if choice.checkpoint is None:
+        log.warning("--resume: %s holds no checkpoint yet; starting from step 0", out)
+    else:
+        log.info("--resume: continuing from %s", choice.checkpoint)
+    return choice.checkpoint
+
+
+def _refuse_model_change(config: RunConfig, checkpoint: Path) -> None:
+    """A resumed run trains the checkpoint's model; a run config that asks for another one is an error."""
+    # A config without "family" (written before families existed) means a dual encoder.
+    wanted = {"family": DEFAULT_FAMILY, **model_config_of(config)[0]}
+    saved = {"family": DEFAULT_FAMILY, **load_model_config(checkpoint)}
+    changed = sorted(key for key in set(_flat(wanted)) | set(_flat(saved))
+                     if key != "description" and _flat(wanted).get(key) != _flat(saved).get(key))
+    if changed:
+        first = changed[0]
+        raise ValueError(f"--resume cannot change the model: model.{first} is {_flat(saved).get(first)!r} in "
+                         f"{checkpoint} but {_flat(wanted).get(first)!r} now ({len(changed)} key(s) differ). "
+                         f"Resume with the same model, or start a new run in another `out`")
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _apply_resumable_settings(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float, weight_decay: float) -> None:
+    """Loading the optimizer and scheduler state restores the old learning rate and weight decay; the run
+    config's values win (the schedule keeps its position)."""
+    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
+    factors = [factor(scheduler.last_epoch) for factor in scheduler.lr_lambdas]
+    for group, factor in zip(optimizer.param_groups, factors):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor
+        if group["weight_decay"]:
+            group["weight_decay"] = weight_decay

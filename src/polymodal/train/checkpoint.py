@@ -1,9 +1,14 @@
-"""Training checkpoints: one directory per save, written whole or not at all.
+"""Training checkpoints: one directory per save, written whole or not at all, verified before it is trusted.
 
 A checkpoint is a model directory (``models/saving.py``: ``model.safetensors``, ``config.json``,
 ``tokenizer.json``, ``preprocess.json``) plus ``train_state.pt`` (optimizer, scheduler, scaler, step/epoch
-position, RNG states, and a data stream's own resume position), in ``RUN/checkpoints/step_000500/``. This module
-owns only the training state; the model's files are written by :func:`polymodal.models.saving.save_model`. An FSDP run adds ``sharded/`` (model and optimizer shards, ``train/fsdp.py``)
+position, RNG states, and a data stream's own resume position) and ``manifest.json`` (every file's size and
+SHA-256, written last), in ``RUN/checkpoints/step_000500/``. This module owns only the training state; the
+model's files are written by :func:`polymodal.models.saving.save_model`.
+
+A save goes: files into a hidden staging folder (each synced) → manifest → swapped into place
+(:func:`polymodal.io.atomic_directory`) → ``latest`` → prune. A crash at any point leaves every earlier checkpoint intact; :func:`find_resume_checkpoint`
+takes the newest one whose manifest verifies. An FSDP run adds ``sharded/`` (model and optimizer shards, ``train/fsdp.py``)
 and keeps its optimizer state there only.
 ``RUN/checkpoints/latest`` names the newest complete one. A save writes into a hidden temporary directory and
 renames it into place, then rewrites ``latest``: a crash at any moment leaves the previous checkpoint intact.
@@ -12,9 +17,8 @@ from __future__ import annotations
 
 import random
 import shutil
-import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +27,8 @@ import torch
 from torch import nn
 
 from polymodal.data.tokenizers import TextTokenizer
-from polymodal.io import atomic_path
-from polymodal.models.saving import LATEST, WEIGHTS, save_model
+from polymodal.io import atomic_directory, atomic_path, clean_leftovers, crash_point, newest_verified, write_manifest
+from polymodal.models.saving import LATEST, save_model
 
 TRAIN_STATE = "train_state.pt"
 
@@ -80,32 +84,34 @@ def save_checkpoint(
     final = checkpoint_path(run_dir, position.step)
     folder = final.parent
     folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder, prefix=".staging-"))
-    try:
+    with atomic_directory(final, "checkpoint") as staging:  # a second save of the same step replaces it whole
         save_model(model, staging, tokenizer, model_state)
-        torch.save(
-            {
-                "position": asdict(position),
-                "optimizer": optimizer.state_dict() if optimizer is not None else None,
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": _rng_state(),
-                "data": data_state,
-            },
-            staging / TRAIN_STATE,
-        )
+        crash_point("checkpoint.model")
+        with atomic_path(staging / TRAIN_STATE) as tmp:
+            torch.save(
+                {
+                    "position": asdict(position),
+                    "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "rng": _rng_state(),
+                    "data": data_state,
+                },
+                tmp,
+            )
+        crash_point("checkpoint.train_state")
         if add_files is not None:
             add_files(staging)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    with atomic_path(folder / LATEST) as tmp:
+        write_manifest(staging, {"step": position.step})
+        crash_point("checkpoint.manifest")
+    with atomic_path(folder / LATEST) as tmp:  # only now: `latest` never names an incomplete checkpoint
         tmp.write_text(final.name + "\n", encoding="utf-8")
+    crash_point("checkpoint.latest")
+    # The newest keep_last by step stay, the one just written among them (it is the newest): pruning never
+    # removes the last verified checkpoint.
     for old in sorted(folder.glob("step_*"))[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
+    crash_point("checkpoint.pruned")
     return final
 
 
@@ -114,18 +120,51 @@ def checkpoint_path(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step:06d}"
 
 
-def resolve_checkpoint(run_dir: str | Path) -> Path:
-    """The checkpoint ``RUN/checkpoints/latest`` names (or ``run_dir`` itself when it is a checkpoint)."""
-    run_dir = Path(run_dir)
-    if (run_dir / TRAIN_STATE).is_file():
-        return run_dir
-    folder = run_dir / "checkpoints"
-    if not (folder / LATEST).is_file():
-        raise FileNotFoundError(f"no checkpoint in {run_dir} (expected checkpoints/{LATEST})")
-    latest = folder / (folder / LATEST).read_text(encoding="utf-8").strip()
-    if not (latest / WEIGHTS).is_file() or not (latest / TRAIN_STATE).is_file():
-        raise FileNotFoundError(f"{folder / LATEST} points to {latest}, which is not a whole checkpoint")
-    return latest
+@dataclass
+class ResumeChoice:
+    """What :func:`find_resume_checkpoint` decided.
+
+    Attributes:
+        checkpoint: the newest checkpoint that verifies; None when the run has saved none yet.
+        skipped: newer checkpoints that did not verify, each with the reason (set aside as ``rejected-step_N``,
+            never deleted).
+    """
+
+    checkpoint: Path | None
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+class NoValidCheckpointError(ValueError):
+    """A run directory holds checkpoints, but none of them verifies."""
+
+
+def find_resume_checkpoint(run_dir: str | Path) -> ResumeChoice:
+    """The checkpoint ``--resume`` continues from: the newest ``step_*`` whose manifest verifies (every file
+    present, with its recorded size and checksum). ``latest`` is not trusted for this: it may name a folder a
+    crash removed.
+
+    Newer checkpoints that fail are renamed ``rejected-step_N`` (kept for inspection, out of pruning's way);
+    leftovers of a crashed save are removed.
+
+    Raises:
+        NoValidCheckpointError: there are checkpoints, and none verifies (nothing is changed then).
+    """
+    folder = Path(run_dir) / "checkpoints"
+    clean_leftovers(folder)
+    candidates = sorted(folder.glob("step_*"), reverse=True) if folder.is_dir() else []
+    if not candidates:
+        return ResumeChoice(None)
+    chosen, skipped = newest_verified(candidates)
+    if chosen is None:
+        reasons = "; ".join(f"{path.name}: {reason}" for path, reason in skipped)
+        raise NoValidCheckpointError(f"--resume: no checkpoint in {folder} verifies ({reasons}); nothing was "
+                                     "changed. Start a new run in another `out`")
+    for path, _ in skipped:
+        path.rename(path.with_name(f"rejected-{path.name}"))
+    if not (folder / LATEST).is_file() or (folder / LATEST).read_text(encoding="utf-8").strip() != chosen.name:
+        with atomic_path(folder / LATEST) as tmp:
+            tmp.write_text(chosen.name + "\n", encoding="utf-8")
+    return ResumeChoice(chosen, skipped)
 
 
 def load_train_state(
@@ -136,7 +175,7 @@ def load_train_state(
 ) -> tuple[TrainPosition, dict[str, Any] | None]:
     """Restore optimizer/scheduler/scaler/RNG from a checkpoint; return where training stood and the data
     stream's saved position (``None`` when there was none)."""
-    checkpoint = resolve_checkpoint(path)
+    checkpoint = Path(path)
     state = torch.load(checkpoint / TRAIN_STATE, map_location="cpu", weights_only=False)
     if optimizer is not None and state["optimizer"] is not None:
         optimizer.load_state_dict(state["optimizer"])
