@@ -21,7 +21,7 @@ from torch import nn
 
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.data.transforms import image_transform
-from polymodal.io import atomic_path, crash_point, file_sha256, read_json, write_json
+from polymodal.io import atomic_path, crash_point, file_sha256, read_json, recover_directory, write_json
 from polymodal.models.registry import build_model
 from polymodal.runtime import resolve_device
 
@@ -75,7 +75,8 @@ def resolve_model_dir(path: str | Path) -> Path:
         if (candidate / WEIGHTS).is_file():
             return candidate
         if (candidate / LATEST).is_file():
-            latest = candidate / (candidate / LATEST).read_text(encoding="utf-8").strip()
+            # A crash in the middle of replacing that checkpoint leaves it set aside: put it back first.
+            latest = recover_directory(candidate / (candidate / LATEST).read_text(encoding="utf-8").strip())
             if (latest / WEIGHTS).is_file():
                 return latest
             raise FileNotFoundError(f"{candidate / LATEST} points to {latest}, which has no {WEIGHTS}")
