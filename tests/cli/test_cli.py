@@ -116,11 +116,6 @@ def test_help_teaches_every_verb():
     [
         (("train", "missing.yaml"), "config file not found: missing.yaml"),
         (("train", "--set", "train.nope=1"), "config: unknown key train.nope; known keys: accum_steps"),
-        (("train", "--set", "train.epochs=abc"), "config: train.epochs = 'abc': expected an integer"),
-        (("train", "--set", "train.accum_steps=0"), "config: train.accum_steps = 0: must be at least 1"),
-        (("train", "--set", "model.embed_dim=0"), "embed_dim = 0: must be at least 1"),
-        (("train", "--set", "model.image.bogus=3"), "unknown key image.bogus"),
-        (("train", "--set", "model=not-a-model"), "unknown model 'not-a-model'"),
         (("eval", "no/such/run"), "no model at no/such/run"),
         (("search", "x", "--index", "no/such/index"), "no/such/index"),
     ],

@@ -31,13 +31,14 @@ from polymodal.factory import get_model_config, preset_where
 from polymodal.models.family import LossOptions
 from polymodal.models.registry import DEFAULT_FAMILY, build_model, family_of
 from polymodal.models.saving import load_model, load_model_config, load_tokenizer
-from polymodal.io import output_directory
+from polymodal.io import output_directory, write_bytes
 from polymodal.precision import resolve_precision
 from polymodal.recipes.config import RunConfig, run_config_to_dict
 from polymodal.recipes.data import load_run_data, make_train_loader
 from polymodal.recipes.tasks import TASKS, RunContext
 from polymodal.runtime import resolve_device, seed_everything
 from polymodal.train.checkpoint import (
+    NoValidCheckpointError,
     TrainPosition,
     checkpoint_path,
     find_resume_checkpoint,
@@ -138,7 +139,7 @@ def _train(config: RunConfig, resume: bool, progress: bool, info: DistInfo, devi
     # streams that stay in step, so the RNG state rank 0 saves resumes every rank.
     seed_everything(opt.seed)
     precision = resolve_precision(opt.precision, device)
-    resume_from = _resume_checkpoint(out, resume)
+    resume_from = _resume_checkpoint(out, resume, info)
     if resume_from is not None:
         _refuse_model_change(config, resume_from)
     model = _build_model(config, device, resume_from)  # first: a bad model config stops before data is read
@@ -146,8 +147,7 @@ def _train(config: RunConfig, resume: bool, progress: bool, info: DistInfo, devi
     tokenizer = _build_tokenizer(model, data.captions, info, resume_from)
     family = family_of(model.config)
     if info.is_main:
-        with (out / "run_config.yaml").open("w", encoding="utf-8") as handle:
-            yaml.safe_dump(run_config_to_dict(config), handle, sort_keys=False)
+        write_bytes(out / "run_config.yaml", yaml.safe_dump(run_config_to_dict(config), sort_keys=False).encode("utf-8"))
 
     task = TASKS[family.task](RunContext(config, data, model, tokenizer, info, device, progress))
     loader = make_train_loader(*task.train_data(), opt, info)
@@ -203,21 +203,35 @@ def _train(config: RunConfig, resume: bool, progress: bool, info: DistInfo, devi
     return TrainResult(model, tokenizer, checkpoint, position, data.train_set, data.val_set, info)
 
 
-def _resume_checkpoint(out: Path, resume: bool) -> Path | None:
+def _resume_checkpoint(out: Path, resume: bool, info: DistInfo) -> Path | None:
     """The checkpoint to continue from, None for a fresh start; refuses to train over an earlier run, and never
-    starts afresh over a run that holds checkpoints (when none verifies it stops instead)."""
+    starts afresh over a run that holds checkpoints (when none verifies it stops instead).
+
+    Rank 0 alone inspects and tidies the checkpoint folder (it sets rejected checkpoints aside) and tells the
+    other ranks what it chose, or the error every rank then raises.
+    """
     if not resume:
         if (out / "checkpoints").exists() or (out / "metrics.jsonl").exists():
             raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another `out`")
         return None
-    choice = find_resume_checkpoint(out)
-    for path, reason in choice.skipped:
-        log.warning("--resume: skipped %s (%s); set aside as %s", path.name, reason, f"rejected-{path.name}")
-    if choice.checkpoint is None:
-        log.warning("--resume: %s holds no checkpoint yet; starting from step 0", out)
-    else:
-        log.info("--resume: continuing from %s", choice.checkpoint)
-    return choice.checkpoint
+
+    def choose() -> tuple[Path | None, str | None]:
+        try:
+            choice = find_resume_checkpoint(out)
+        except NoValidCheckpointError as error:
+            return None, str(error)
+        for path, reason in choice.skipped:
+            log.warning("--resume: skipped %s (%s); set aside as %s", path.name, reason, f"rejected-{path.name}")
+        if choice.checkpoint is None:
+            log.warning("--resume: %s holds no checkpoint yet; starting from step 0", out)
+        else:
+            log.info("--resume: continuing from %s", choice.checkpoint)
+        return choice.checkpoint, None
+
+    checkpoint, error = build_on_main_rank(choose, info)
+    if error is not None:
+        raise NoValidCheckpointError(error)
+    return checkpoint
 
 
 def _refuse_model_change(config: RunConfig, checkpoint: Path) -> None:

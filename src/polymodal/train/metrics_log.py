@@ -2,14 +2,26 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 
 class MetricsLog:
+    """``metrics.jsonl`` of a run. A record torn by a crash mid-write (a last line without its newline) is cut
+    off when the log is opened again, so a resumed run appends to a file that is valid JSONL throughout."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._drop_torn_record()
+
+    def _drop_torn_record(self) -> None:
+        if not self.path.is_file():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            os.truncate(self.path, data.rfind(b"\n") + 1)
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a", encoding="utf-8") as handle:
