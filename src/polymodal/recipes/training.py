@@ -31,7 +31,7 @@ from polymodal.factory import get_model_config, preset_where
 from polymodal.models.family import LossOptions
 from polymodal.models.registry import DEFAULT_FAMILY, build_model, family_of
 from polymodal.models.saving import load_model, load_model_config, load_tokenizer
-from polymodal.io import output_directory, write_bytes
+from polymodal.io import clean_leftovers, output_directory, write_bytes
 from polymodal.precision import resolve_precision
 from polymodal.recipes.config import RunConfig, run_config_to_dict
 from polymodal.recipes.data import load_run_data, make_train_loader
@@ -216,6 +216,7 @@ def _resume_checkpoint(out: Path, resume: bool, info: DistInfo) -> Path | None:
         return None
 
     def choose() -> tuple[Path | None, str | None]:
+        clean_leftovers(out)  # temporary files of a write the crash interrupted (run_config.yaml, ...)
         try:
             choice = find_resume_checkpoint(out)
         except NoValidCheckpointError as error:
