@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from polymodal.index import IndexLoadError, SearchHit, VectorIndex, default_nlist
+from polymodal.index import IndexLoadError, SearchHit, VectorIndex, default_nlist, vector_index
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:
@@ -245,3 +245,25 @@ def test_load_count_and_dim_mismatch(tmp_path: Path, small: VectorIndex, field: 
     (tmp_path / "meta.json").write_text(json.dumps({**meta, field: value}))
     with pytest.raises(IndexLoadError, match=rf"{blamed}.* says {field}={value}"):
         VectorIndex.load(tmp_path)
+
+
+def test_auto_picks_exact_search_for_small_sets_and_ivf_above() -> None:
+    small_set = VectorIndex.build(clustered(300, 16, seed=20), make_keys(300), kind="auto")
+    assert small_set.kind == "flat"
+    count = vector_index.AUTO_FLAT_MAX + 1
+    large = VectorIndex.build(clustered(count, 16, seed=21), make_keys(count), kind="auto")
+    assert large.kind == "ivf" and large._index.nlist == default_nlist(count)
+    assert large.nprobe == vector_index.AUTO_NPROBE
+    with pytest.raises(ValueError, match="nlist applies to kind='ivf' only"):
+        VectorIndex.build(clustered(10, 16, seed=22), make_keys(10), kind="auto", nlist=4)
+
+
+def test_adding_in_chunks_builds_the_same_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    vectors, keys = clustered(100, 16, seed=23), make_keys(100)
+    whole = VectorIndex.build(vectors, keys, normalize=True)
+    monkeypatch.setattr(vector_index, "ADD_CHUNK", 7)
+    chunked = VectorIndex.build(vectors, keys, normalize=True)
+    queries = clustered(5, 16, seed=24)
+    assert chunked.keys == whole.keys and chunked.search(queries, k=10) == whole.search(queries, k=10)
+    with pytest.raises(ValueError, match="keys must be distinct|already in the index"):
+        VectorIndex.build(vectors[:10], ["a"] * 5 + ["b"] * 5)

@@ -110,6 +110,7 @@ CASES = [
     (["search", "--image", "{root}/bomb.png", "--index", "{index}"], "bomb.png: refused as a decompression bomb"),
     (["search", "--image", "{root}/big.png", "--index", "{index}"], "big.png: 10000x10000 pixels exceed the limit"),
     (["search", "x", "--index", "{index}", "--checkpoint", "{other}"], "built from embeddings of other weights"),
+    (["search", "x", "--index", "{index}", "--nprobe", "4"], "applies to kind='ivf' only, this index is 'flat'"),
     # data
     (["data", "export", "no-such-set", "--to", "{root}/d1"], "unknown dataset 'no-such-set'"),
     (["data", "export", "shapes", "--size", "4", "--to", "{file}"], "--to {file} is a file"),

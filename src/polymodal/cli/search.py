@@ -20,6 +20,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--index", required=True, help="index directory")
     parser.add_argument("--checkpoint", help="model to embed the query (default: the one recorded in the index)")
     parser.add_argument("-k", type=int, default=5, help="number of results")
+    parser.add_argument("--nprobe", type=int, help="IVF index: lists to visit (more: slower, closer to exact)")
+    parser.add_argument("--ef", type=int, help="HNSW index: candidates to keep (more: slower, closer to exact)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--device", default="auto")
     parser.set_defaults(run=run)
@@ -36,6 +38,13 @@ def run(args: argparse.Namespace) -> int:
     if (args.query is None) == (args.image is None):
         raise ValueError("give either a text query or --image PATH (not both)")
     index = VectorIndex.load(args.index)
+    try:
+        if args.nprobe is not None:
+            index.nprobe = args.nprobe
+        if args.ef is not None:
+            index.ef_search = args.ef
+    except AttributeError as error:  # the setting belongs to another kind of index
+        raise ValueError(f"{args.index}: {error}") from None
     checkpoint = args.checkpoint or index.checkpoint
     if not checkpoint:
         raise ValueError(f"{args.index} records no checkpoint; pass --checkpoint")

@@ -13,6 +13,7 @@ together or not at all.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,12 @@ from typing import Any, Literal
 
 import faiss
 import numpy as np
+from tqdm.auto import tqdm
 
 from polymodal.index.storage import META_FILE, IndexLoadError, read_index_directory, write_index_directory
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
+BuildKind = Literal["auto", "flat", "ivf", "hnsw"]
 Metric = Literal["ip", "l2"]
 
 _KINDS = ("flat", "ivf", "hnsw")
@@ -50,6 +53,23 @@ class SearchHit:
     key: str
     score: float
     id: int
+
+
+# Measured with benchmarks/search_scale.py on the 2-core CI machine (README "Search at scale"): exact search
+# reads every vector per query (memory-bound, ~0.17 ms per 1k vectors of 512 floats), so above this many vectors
+# a single query exceeds ~2 ms and an IVF index with sqrt(N) lists answers in well under it at recall@10 >= 0.95.
+AUTO_FLAT_MAX = 10_000
+AUTO_NPROBE = 16
+# Rows normalised and added at a time: bounds the extra memory of a build to one chunk, not a copy of all vectors.
+ADD_CHUNK = 65_536
+
+
+def auto_index_parameters(count: int) -> tuple[IndexKind, int | None, int | None]:
+    """``kind="auto"``: (kind, nlist, nprobe) for ``count`` vectors, from the measurements above."""
+    if count <= AUTO_FLAT_MAX:
+        return "flat", None, None
+    nlist = default_nlist(count)
+    return "ivf", nlist, min(AUTO_NPROBE, nlist)
 
 
 def default_nlist(count: int) -> int:
@@ -98,7 +118,7 @@ class VectorIndex:
         cls,
         vectors: np.ndarray,
         keys: Sequence[str],
-        kind: IndexKind = "flat",
+        kind: BuildKind = "flat",
         metric: Metric = "ip",
         nlist: int | None = None,
         metadata: dict[str, Any] | None = None,
@@ -106,6 +126,7 @@ class VectorIndex:
         normalize: bool = False,
         model_name: str | None = None,
         checkpoint: str | None = None,
+        progress: bool = False,
     ) -> VectorIndex:
         """Build an index over ``vectors`` (N, D), where row i is stored under ``keys[i]``.
 
@@ -114,7 +135,8 @@ class VectorIndex:
                 L2-normalised, or pass ``normalize=True``.
             keys: N distinct strings.
             kind: ``"flat"`` exact search; ``"ivf"`` inverted lists trained on ``vectors`` (``nlist`` lists,
-                default :func:`default_nlist`); ``"hnsw"`` a navigable small-world graph.
+                default :func:`default_nlist`); ``"hnsw"`` a navigable small-world graph; ``"auto"`` the kind
+                and parameters :func:`auto_index_parameters` picks for the number of vectors.
             metric: ``"ip"`` inner product or ``"l2"`` squared Euclidean distance.
             nlist: number of IVF lists (``kind="ivf"`` only), 1 <= nlist <= N.
             metadata: free JSON-serialisable metadata to save with the index.
@@ -126,8 +148,17 @@ class VectorIndex:
             raise ValueError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
         if nlist is not None and kind != "ivf":
             raise ValueError(f"nlist applies to kind='ivf' only, got kind={kind!r}")
-        matrix = _as_matrix(vectors, expected_dim=None, normalize=normalize, what="vectors")
-        count, dim = matrix.shape
+        array = np.asarray(vectors)
+        if array.ndim == 1:
+            array = array[None, :]
+        count = array.shape[0] if array.ndim == 2 else 0
+        nprobe = None
+        if kind == "auto":
+            kind, nlist, nprobe = auto_index_parameters(count)
+        # Checked (and normalised) in chunks: a build holds one chunk beside the index, not a second copy.
+        sample = _as_matrix(array[: max(1, min(count, 256 * (nlist or default_nlist(max(count, 1)))))],
+                            expected_dim=None, normalize=normalize, what="vectors")
+        dim = sample.shape[1]
         if dim == 0:
             raise ValueError("vectors must have at least one dimension (got D=0)")
         faiss_metric = _METRICS[metric]
@@ -142,17 +173,28 @@ class VectorIndex:
             # The quantizer only assigns vectors to lists; it must score with the same metric as the lists.
             quantizer = faiss.IndexFlat(dim, faiss_metric)
             index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss_metric)
-            index.train(matrix)
+            # k-means on up to 256 points per list (what FAISS would subsample to anyway).
+            index.train(sample)
             # Probing one list in eight keeps recall high on clustered embeddings at a fraction of flat cost.
-            index.nprobe = max(1, math.ceil(nlist / 8))
+            index.nprobe = nprobe or max(1, math.ceil(nlist / 8))
         elif kind == "hnsw":
             index = faiss.IndexHNSWFlat(dim, _HNSW_M, faiss_metric)
             index.hnsw.efConstruction = _HNSW_EF_CONSTRUCTION
             index.hnsw.efSearch = _HNSW_EF_SEARCH
         else:
-            raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
+            raise ValueError(f"kind must be one of {('auto', *_KINDS)}, got {kind!r}")
         result = cls(index, [], kind, metric, normalize, model_name, checkpoint, metadata)
-        result._add_matrix(matrix, keys)
+        if isinstance(keys, (str, bytes)):
+            raise TypeError("keys must be a sequence of strings (one per vector)")
+        if len(keys) != count:
+            raise ValueError(f"got {count} vectors but {len(keys)} keys; they must match one to one")
+        bar = tqdm(total=count, desc=f"indexing ({kind})", unit="vec", disable=not progress or count < ADD_CHUNK,
+                   file=sys.stderr, dynamic_ncols=True)
+        for start in range(0, count, ADD_CHUNK):
+            chunk = array[start : start + ADD_CHUNK]
+            result._add_matrix(_as_matrix(chunk, dim, normalize, "vectors"), keys[start : start + ADD_CHUNK])
+            bar.update(len(chunk))
+        bar.close()
         return result
 
     def __len__(self) -> int:
