@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--hnsw-max", type=int, default=1_000_000, help="skip HNSW above this N (slow to build)")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--nprobes", type=int, nargs="+", default=[4, 8, 12, 16, 32, 64])
+    parser.add_argument("--efs", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--clusters", type=int, default=100)
     parser.add_argument("--spread", type=float, default=2.0, help="noise norm around a unit cluster centre")
     args = parser.parse_args()
@@ -88,9 +90,9 @@ def main() -> None:
         print(f"{size:9d} {'flat (exact)':26} {built:8.1f} {memory_mb(exact):7.0f} {p50:7.2f} {p99:7.2f} {batch:8.1f} "
               f"{1.0:6.3f}", flush=True)
         del exact
-        kinds = [("ivf", "nprobe", [4, 8, 16, 32, 64])]
+        kinds = [("ivf", "nprobe", args.nprobes)]
         if size <= args.hnsw_max:
-            kinds.append(("hnsw", "ef_search", [16, 32, 64, 128]))
+            kinds.append(("hnsw", "ef_search", args.efs))
         for kind, knob, values in kinds:
             start = time.perf_counter()
             index = VectorIndex.build(vectors, keys, kind=kind)

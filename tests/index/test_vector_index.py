@@ -253,7 +253,9 @@ def test_auto_picks_exact_search_for_small_sets_and_ivf_above() -> None:
     count = vector_index.AUTO_FLAT_MAX + 1
     large = VectorIndex.build(clustered(count, 16, seed=21), make_keys(count), kind="auto")
     assert large.kind == "ivf" and large._index.nlist == default_nlist(count)
-    assert large.nprobe == vector_index.AUTO_NPROBE
+    assert large.nprobe == min(default_nlist(count), 8)
+    assert vector_index.auto_index_parameters(1_000_000) == ("ivf", 1000, 10)  # 1% of the lists at a million
+    assert vector_index.auto_index_parameters(100_000) == ("ivf", 316, 8)
     with pytest.raises(ValueError, match="nlist applies to kind='ivf' only"):
         VectorIndex.build(clustered(10, 16, seed=22), make_keys(10), kind="auto", nlist=4)
 

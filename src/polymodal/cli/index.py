@@ -6,8 +6,8 @@ import argparse
 HELP = """\
 Build a FAISS index over image embeddings written by `polymodal embed`.
 
-  auto   (default) exact up to 10,000 vectors, above that IVF with sqrt(N) lists probing 16: the choice that
-         keeps one query under ~2 ms at recall@10 >= 0.95 on 2 cores (README "Search at scale")
+  auto   (default) exact up to 10,000 vectors, above that IVF with sqrt(N) lists probing 1% of them (at least
+         8): one query under ~2 ms at recall@10 >= 0.95 up to 1M vectors on 2 cores (README "Search at scale")
   flat   exact inner-product search: reads every vector per query (~0.17 ms per 1,000 vectors of 512 floats)
   ivf    inverted lists trained on the vectors (approximate; --nlist; trade recall for speed with
          `polymodal search --nprobe`)
