@@ -1,6 +1,7 @@
 """A model family defined and registered outside the package trains, logs, saves, loads and resumes through the
 library API alone: nothing in train/ or cli/ knows it."""
 import copy
+import json
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import polymodal
+from polymodal.cli.main import main
 from polymodal.encoders.build import build_encoder
 from polymodal.models.family import LossOptions
 from tests.run_helpers import read_log
@@ -72,7 +74,7 @@ def run_config(out: Path, tiny_model_config: dict, epochs: int = 4) -> dict:
 
 
 
-def test_registered_family_trains_logs_saves_loads_and_resumes(tmp_path, tiny_model_config):
+def test_registered_family_trains_logs_saves_loads_and_resumes(tmp_path, tiny_model_config, capsys):
     steps = 4 * (256 // 32)
     result = polymodal.run_training(polymodal.load_run_config(run_config(tmp_path / "a", tiny_model_config)),
                                     progress=False)
@@ -92,6 +94,13 @@ def test_registered_family_trains_logs_saves_loads_and_resumes(tmp_path, tiny_mo
              "attention_mask": torch.ones(3, 24, dtype=torch.long), "labels": torch.tensor([0, 1, 2])}
     with torch.no_grad():
         assert torch.equal(loaded(**batch)["logits"], result.model.eval()(**batch)["logits"])
+
+    # The CLI scores it as the classifier it is (its run's validation set), and refuses what needs an embedder.
+    assert main(["eval", str(tmp_path / "a"), "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["images"] == 128 and scored["top1"] == accuracies[-1]
+    assert main(["embed", str(tmp_path / "a"), "--data", "shapes", "--out", str(tmp_path / "emb")]) == 2
+    assert f"a {FAMILY} model has no encode_image" in capsys.readouterr().err
 
     # The same run, interrupted: drop its newest checkpoint and resume from the one before; the resumed run must
     # retrace the uninterrupted one to the same weights.

@@ -29,10 +29,11 @@ def run(args: argparse.Namespace) -> int:
     from polymodal.index.embeddings import save_embeddings
     from polymodal.io import output_directory
     from polymodal.models.saving import load_for_inference, weights_sha256
-    from polymodal.tasks.embed import embed_images
+    from polymodal.tasks.embed import embed_images, require_embedding
 
     out = output_directory(args.out, "--out")  # before the work: a bad --out fails in a second, not after it
     loaded = load_for_inference(args.checkpoint, args.device)
+    require_embedding(loaded.model, "encode_image")  # before reading the data
     dataset = load_data_spec(args.data, args.skip_bad)
     embeddings = embed_images(loaded.model, dataset, loaded.transform, batch_size=args.batch_size)
     save_embeddings(out, embeddings, [record.key for record in dataset.records],

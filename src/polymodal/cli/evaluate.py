@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 HELP = """\
-Score a trained model.
+Score a trained model: retrieval (and zero-shot) for a dual encoder, top-1/top-5 accuracy for a classifier.
 
   --data SPEC       image-text pairs to score retrieval on: a JSONL of {"image": path, "caption": text}
                     (paths relative to the file), a CSV, COCO captions JSON, Karpathy JSON, an ImageFolder,
@@ -32,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
     from polymodal.cli.common import print_json, run_config_beside
     from polymodal.cli.report import print_table
     from polymodal.data.catalog import load_data_spec
+    from polymodal.models.registry import family_of
     from polymodal.models.saving import load_for_inference
+    from polymodal.tasks.classification import evaluate_labelled_set
     from polymodal.tasks.retrieval import evaluate_retrieval
     from polymodal.tasks.zero_shot import evaluate_zero_shot
 
@@ -45,10 +47,17 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("no --data given and the run has no validation set; pass --data PAIRS.jsonl")
     metrics: dict[str, float | int | str] = {}
     progress = not args.json
+    task = family_of(loaded.model.config).task
+    if task != "contrastive" and args.zero_shot is not None:
+        raise ValueError(f"--zero-shot needs a dual encoder; {loaded.directory} holds a {task} model")
     if spec is not None:
         dataset = load_data_spec(spec, args.skip_bad)
         metrics.update({"dataset": dataset.name, "images": len(dataset), "skipped": dataset.skipped})
-        metrics.update(evaluate_retrieval(loaded.model, loaded.tokenizer, dataset, loaded.transform, progress=progress))
+        if task == "classification":
+            metrics.update(evaluate_labelled_set(loaded.model, loaded.tokenizer, dataset, loaded.transform))
+        else:
+            metrics.update(evaluate_retrieval(loaded.model, loaded.tokenizer, dataset, loaded.transform,
+                                              progress=progress))
     if args.zero_shot is not None:
         labelled = load_data_spec(args.zero_shot, args.skip_bad)
         scores = evaluate_zero_shot(loaded.model, loaded.tokenizer, labelled, loaded.transform, progress=progress)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import Dataset, IterableDataset
 
 from polymodal.data.labelled import LabelledImageCollator, LabelledImageDataset
 from polymodal.data.pair_dataset import (
@@ -31,7 +31,7 @@ from polymodal.distributed import DistInfo, barrier, main_rank_first
 from polymodal.recipes.config import RunConfig
 from polymodal.recipes.data import RunData
 from polymodal.recipes.frozen_towers import evaluate_cached, has_frozen_towers, tower_features
-from polymodal.tasks.classification import evaluate_classification
+from polymodal.tasks.classification import evaluate_classification, labelled_loader
 from polymodal.tasks.retrieval import evaluate_retrieval
 
 __all__ = ["ClassificationTask", "ContrastiveTask", "RunContext", "TASKS"]
@@ -119,25 +119,20 @@ class ClassificationTask:
             raise ValueError("classification runs read their data in memory: data.train cannot be a shard directory")
         self.context = context
 
-    def _loader(self, train: bool) -> tuple[Dataset, Collate]:
-        context = self.context
-        records = context.data.train_set if train else context.data.val_set
-        transform = image_transform(context.model.preprocess, train=train)
-        return (LabelledImageDataset(records, transform, context.config.train.seed),
-                LabelledImageCollator(context.tokenizer))
-
     def train_data(self) -> tuple[Dataset, Collate]:
-        return self._loader(train=True)
+        context = self.context
+        transform = image_transform(context.model.preprocess, train=True)
+        return (LabelledImageDataset(context.data.train_set, transform, context.config.train.seed),
+                LabelledImageCollator(context.tokenizer))
 
     def evaluator(self) -> Evaluator:
         """Top-1/top-5 accuracy on the validation set."""
-        if self.context.data.val_set is None:
-            return _on_evaluating_ranks(self.context, None)
-        dataset, collate = self._loader(train=False)
-        # A private generator: evaluation in the middle of training must not advance the global RNG.
-        loader = DataLoader(dataset, batch_size=self.context.config.train.batch_size, collate_fn=collate,
-                            generator=torch.Generator().manual_seed(0))
-        return _on_evaluating_ranks(self.context, lambda trained: evaluate_classification(trained, loader))
+        context = self.context
+        if context.data.val_set is None:
+            return _on_evaluating_ranks(context, None)
+        loader = labelled_loader(context.data.val_set, image_transform(context.model.preprocess), context.tokenizer,
+                                 context.config.train.batch_size)
+        return _on_evaluating_ranks(context, lambda trained: evaluate_classification(trained, loader))
 
 
 TASKS: dict[str, type[ContrastiveTask] | type[ClassificationTask]] = {

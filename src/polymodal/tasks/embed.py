@@ -79,13 +79,22 @@ def map_texts(
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
+def require_embedding(model: torch.nn.Module, method: str) -> None:
+    """Refuse, with a message a user can act on, a model that does not embed (e.g. a classifier)."""
+    if not hasattr(model, method):
+        family = getattr(model, "config", {}).get("family", type(model).__name__)
+        raise ValueError(f"a {family} model has no {method}: embedding and search need a dual encoder")
+
+
 def embed_images(model: torch.nn.Module, dataset: ImageTextSet, transform, **kwargs) -> torch.Tensor:
     """Unit-norm image embeddings ``(N, D)`` of every image in ``dataset``."""
+    require_embedding(model, "encode_image")
     return map_images(lambda image: model.encode_image(image), dataset, transform, _model_device(model), **kwargs)
 
 
 def embed_texts(model: torch.nn.Module, tokenizer: TextTokenizer, texts: Sequence[str], **kwargs) -> torch.Tensor:
     """Unit-norm text embeddings ``(N, D)``."""
+    require_embedding(model, "encode_text")
     return map_texts(
         lambda ids, mask: model.encode_text(ids, mask), tokenizer, texts, _model_device(model), **kwargs
     )

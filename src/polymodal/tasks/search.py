@@ -9,6 +9,7 @@ from torch import nn
 
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.index import SearchHit, VectorIndex
+from polymodal.tasks.embed import require_embedding
 
 __all__ = ["embed_queries", "search_index"]
 
@@ -25,6 +26,7 @@ def embed_queries(
     (with ``transform``)."""
     if (texts is None) == (images is None):
         raise ValueError("give either texts or images to embed as queries")
+    require_embedding(model, "encode_text" if texts is not None else "encode_image")
     model.eval()
     device = next(model.parameters()).device
     if texts is not None:
