@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "create_model": "polymodal.factory",
     "list_models": "polymodal.factory",
-    "save_model": "polymodal.models.saving",
-    "load_model": "polymodal.models.saving",
+    "save_model": "polymodal.model_io",
+    "load_model": "polymodal.model_io",
     "register_family": "polymodal.models.registry",
     "load_run_config": "polymodal.recipes.config",
     "RunConfig": "polymodal.recipes.config",

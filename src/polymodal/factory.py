@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from polymodal.models.registry import build_model
-from polymodal.models.saving import load_model
+from polymodal.model_io import load_model
 from polymodal.typed_config import ConfigError
 
 __all__ = ["apply_overrides", "create_model", "get_model_config", "list_models", "preset_where"]

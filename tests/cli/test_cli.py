@@ -52,7 +52,7 @@ def test_eval_json_on_any_pairs_file(workspace):
     # The same figure computed by hand from the saved model: each caption's nearest image by cosine must show
     # the caption's scene (the JSONL's groups are its image paths).
     from polymodal.data.catalog import load_dataset
-    from polymodal.models.saving import load_for_inference
+    from polymodal.model_io import load_for_inference
 
     loaded = load_for_inference(workspace / "run", device="cpu")
     dataset = load_dataset(str(workspace / "val" / "pairs.jsonl"))

@@ -12,7 +12,7 @@ import polymodal
 from polymodal.cli.main import main
 from polymodal.data.catalog import load_dataset
 from polymodal.data.export import export_jsonl
-from polymodal.models.saving import load_model, save_model, load_tokenizer
+from polymodal.model_io import load_model, save_model, load_tokenizer
 
 TINY_DATA = {"name": "shapes", "split": "train", "size": 64, "image_size": 32}
 

@@ -19,7 +19,7 @@ from polymodal import distributed
 from polymodal import load_run_config, run_training
 from polymodal.data.sampler import ResumableRandomSampler
 from polymodal.models.registry import build_model
-from polymodal.models.saving import load_model
+from polymodal.model_io import load_model
 from polymodal.recipes.config import override_run_config
 from polymodal.losses import ClipLoss
 from polymodal.train.checkpoint import TRAIN_STATE

@@ -11,7 +11,7 @@ import torch
 
 from polymodal import load_run_config, run_training
 from polymodal.metrics.retrieval import chance_recall
-from polymodal.models.saving import load_model, load_tokenizer
+from polymodal.model_io import load_model, load_tokenizer
 from polymodal.train.checkpoint import find_resume_checkpoint
 from tests.run_helpers import read_log, write_yaml
 

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from polymodal.data.catalog import load_data_spec
     from polymodal.index.embeddings import save_embeddings
     from polymodal.io import output_directory
-    from polymodal.models.saving import load_for_inference, weights_sha256
+    from polymodal.model_io import load_for_inference, weights_sha256
     from polymodal.tasks.embed import embed_images, require_embedding
 
     out = output_directory(args.out, "--out")  # before the work: a bad --out fails in a second, not after it

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from polymodal.cli.report import print_table
     from polymodal.data.catalog import load_data_spec
     from polymodal.models.registry import family_of
-    from polymodal.models.saving import load_for_inference
+    from polymodal.model_io import load_for_inference
     from polymodal.tasks.classification import evaluate_labelled_set
     from polymodal.tasks.retrieval import evaluate_retrieval
     from polymodal.tasks.zero_shot import evaluate_zero_shot

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from polymodal.cli.report import print_table
     from polymodal.data.records import open_image_file
     from polymodal.index import VectorIndex
-    from polymodal.models.saving import load_for_inference, weights_sha256
+    from polymodal.model_io import load_for_inference, weights_sha256
     from polymodal.tasks.search import search_index
 
     if (args.query is None) == (args.image is None):

@@ -21,7 +21,7 @@ from polymodal.metrics.classification import topk_accuracy
 from polymodal.metrics.retrieval import chance_recall
 from polymodal.models.dual_encoder import DualEncoder
 from polymodal.models.registry import build_model
-from polymodal.models.saving import save_model
+from polymodal.model_io import save_model
 from polymodal.plots import plot_search_grid, plot_training_curve
 from polymodal.recipes.config import DataConfig, OptimConfig, RunConfig, override_run_config
 from polymodal.recipes.ensemble_weight import select_ensemble_weight, set_ensemble_weight

@@ -30,7 +30,7 @@ from polymodal.encoders.build import build_tokenizer
 from polymodal.factory import get_model_config, preset_where
 from polymodal.models.family import LossOptions
 from polymodal.models.registry import DEFAULT_FAMILY, build_model, family_of
-from polymodal.models.saving import load_model, load_model_config, load_tokenizer
+from polymodal.model_io import load_model, load_model_config, load_tokenizer
 from polymodal.io import clean_leftovers, output_directory, write_bytes
 from polymodal.precision import resolve_precision
 from polymodal.recipes.config import RunConfig, run_config_to_dict

@@ -1,10 +1,10 @@
 """Training checkpoints: one directory per save, written whole or not at all, verified before it is trusted.
 
-A checkpoint is a model directory (``models/saving.py``: ``model.safetensors``, ``config.json``,
+A checkpoint is a model directory (``model_io.py``: ``model.safetensors``, ``config.json``,
 ``tokenizer.json``, ``preprocess.json``) plus ``train_state.pt`` (optimizer, scheduler, scaler, step/epoch
 position, RNG states, and a data stream's own resume position) and ``manifest.json`` (every file's size and
 SHA-256, written last), in ``RUN/checkpoints/step_000500/``. This module owns only the training state; the
-model's files are written by :func:`polymodal.models.saving.save_model`.
+model's files are written by :func:`polymodal.model_io.save_model`.
 
 A save goes: files into a hidden staging folder (each synced) → manifest → swapped into place
 (:func:`polymodal.io.atomic_directory`) → ``latest`` → prune. A crash at any point leaves every earlier checkpoint intact; :func:`find_resume_checkpoint`
@@ -28,7 +28,7 @@ from torch import nn
 
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.io import atomic_directory, atomic_path, clean_leftovers, crash_point, newest_verified, write_manifest
-from polymodal.models.saving import LATEST, save_model
+from polymodal.model_io import LATEST, save_model
 
 TRAIN_STATE = "train_state.pt"
 
