@@ -127,10 +127,6 @@ class LoadedModel:
     transform: Callable[[Image.Image], torch.Tensor] | None
     directory: Path
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
 
 def load_for_inference(path: str | Path, device: str | torch.device = "auto") -> LoadedModel:
     """A model directory or run directory → :class:`LoadedModel` on ``device`` (``auto``: a GPU if there is one)."""

@@ -53,16 +53,9 @@ from polymodal.train.metrics_log import MetricsLog
 from polymodal.train.optim import create_optimizer
 from polymodal.train.schedule import warmup_cosine
 
-__all__ = ["RESUMABLE_SETTINGS", "TrainResult", "model_config_of", "run_training"]
+__all__ = ["TrainResult", "model_config_of", "run_training"]
 
 log = logging.getLogger("polymodal")
-
-# What --resume takes from the new run config; everything else about the trajectory comes from the checkpoint
-# (the model must not change at all: a resume that changes it is refused).
-RESUMABLE_SETTINGS = ("train.epochs", "train.max_steps", "train.lr", "train.weight_decay", "train.grad_clip",
-                      "train.log_every", "train.checkpoint_every", "train.num_workers", "train.device",
-                      "train.precision", "data.val", "data.skip_bad")
-
 
 def model_config_of(config: RunConfig) -> tuple[dict[str, Any], str]:
     """The run's model config and how errors name it (the preset file, or the run config's ``model``)."""
