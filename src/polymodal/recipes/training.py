@@ -57,6 +57,7 @@ __all__ = ["TrainResult", "model_config_of", "run_training"]
 
 log = logging.getLogger("polymodal")
 
+
 def model_config_of(config: RunConfig) -> tuple[dict[str, Any], str]:
     """The run's model config and how errors name it (the preset file, or the run config's ``model``)."""
     if isinstance(config.model, str):
