@@ -9,18 +9,29 @@ Memory: on CUDA, ``torch.cuda.max_memory_allocated`` per step. On CPU, PyTorch h
 so the script counts what a training step must hold: bytes of tensors saved for backward (activations, via
 ``saved_tensors_hooks``) plus parameters, gradients and AdamW's two moments.
 
+Also printed: the model FLOPs of one training step (``torch.utils.flop_counter.FlopCounterMode`` over forward and
+backward), the GFLOP/s each side achieves, and that as a fraction of the matmul peak measured in the same run at
+the same precision (``matmul_precision.py``), with whether this machine runs bf16 fast.
+
     python benchmarks/train_throughput.py [--batch 64] [--rounds 10] [--image-size 64] [--width 128]
+                                          [--precision fp32|bf16] [--compile]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).parent))
+from matmul_precision import gflops as matmul_gflops  # noqa: E402  (a sibling script, not a package)
 
 
 def polymodal_model(args: argparse.Namespace) -> torch.nn.Module:
@@ -78,7 +89,7 @@ def state_bytes(model: torch.nn.Module) -> int:
     return 4 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 
-def make_step(name: str, model: torch.nn.Module, batch: dict, device: torch.device):
+def make_step(name: str, model: torch.nn.Module, batch: dict, device: torch.device, precision: str = "fp32"):
     if name == "polymodal":
         from polymodal.losses import ClipLoss
 
@@ -97,13 +108,17 @@ def make_step(name: str, model: torch.nn.Module, batch: dict, device: torch.devi
             return loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    dtype = torch.bfloat16 if precision == "bf16" else None
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
     def step() -> tuple[float, int]:
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        with SavedBytes() as saved:
+        with SavedBytes() as saved, autocast():
             loss = forward()
         loss.backward()
         optimizer.step()
@@ -115,6 +130,16 @@ def make_step(name: str, model: torch.nn.Module, batch: dict, device: torch.devi
             memory = saved.total + state_bytes(model)
         return time.perf_counter() - start, memory
 
+    def count_flops() -> int:
+        """Model FLOPs of one forward + backward (the optimizer's elementwise work is not counted)."""
+        with FlopCounterMode(display=False) as counter:
+            with autocast():
+                loss = forward()
+            loss.backward()
+        optimizer.zero_grad(set_to_none=True)
+        return counter.get_total_flops()
+
+    step.count_flops = count_flops
     return step
 
 
@@ -131,6 +156,8 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=32)
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="autocast dtype, both sides")
+    parser.add_argument("--compile", action="store_true", help="torch.compile polymodal's model (its lever)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -146,7 +173,13 @@ def main() -> None:
              "input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
 
     models = {"polymodal": polymodal_model(args).to(device).train(), "open_clip": open_clip_model(args).to(device).train()}
-    steps = {name: make_step(name, model, batch, device) for name, model in models.items()}
+    runners = dict(models)
+    if args.compile:
+        runners["polymodal"] = torch.compile(models["polymodal"])
+    steps = {name: make_step(name, runner, batch, device, args.precision) for name, runner in runners.items()}
+    flops = {name: step.count_flops() for name, step in steps.items()}  # before timing: also warms compile
+    matmul_peak = matmul_gflops(1024, torch.bfloat16 if args.precision == "bf16" else torch.float32, 10, device)
+    fast_bf16 = device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
     parameters = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
     memory: dict[str, int] = {name: 0 for name in models}
@@ -158,12 +191,15 @@ def main() -> None:
                 memory[name] = max(memory[name], peak)
 
     print(f"device={device.type} threads={torch.get_num_threads()} batch={args.batch} image={args.image_size}px "
-          f"width={args.width} layers={args.layers} rounds={args.rounds} (median step time)")
-    print(f"{'':10} {'params':>10} {'samples/s':>10} {'step ms':>9} {'memory MiB':>11}")
+          f"width={args.width} layers={args.layers} rounds={args.rounds} precision={args.precision} "
+          f"compile={args.compile} (median step time)")
+    print(f"machine: fast bf16 {'yes' if fast_bf16 else 'no'}; matmul peak at {args.precision}: {matmul_peak:.1f} GFLOP/s")
+    print(f"{'':10} {'params':>10} {'samples/s':>10} {'step ms':>9} {'memory MiB':>11} {'GFLOP/s':>8} {'% peak':>7}")
     for name in models:
         median = statistics.median(times[name])
+        achieved = flops[name] / median / 1e9
         print(f"{name:10} {parameters[name]:>10,} {args.batch / median:>10.1f} {1000 * median:>9.1f} "
-              f"{memory[name] / 2**20:>11.1f}")
+              f"{memory[name] / 2**20:>11.1f} {achieved:>8.1f} {100 * achieved / matmul_peak:>6.1f}%")
     ratio = statistics.median(times["open_clip"]) / statistics.median(times["polymodal"])
     print(f"throughput ratio polymodal / open_clip = {ratio:.2f}x; memory ratio = "
           f"{memory['polymodal'] / memory['open_clip']:.2f}x")
