@@ -237,11 +237,12 @@ def verify_files(directory: Path, files: Mapping[str, Mapping[str, Any]], descri
 
 
 def write_manifest(directory: Path, extra: Mapping[str, Any] | None = None) -> Path:
-    """List every file below ``directory`` (size, SHA-256) in ``directory/manifest.json``, written last."""
+    """List every file below ``directory`` (size, SHA-256) in ``directory/manifest.json``, written last.
+
+    Meant for a staging folder of :func:`atomic_directory`, which syncs every file before the folder is renamed in.
+    """
     names = sorted(str(path.relative_to(directory)) for path in directory.rglob("*")
                    if path.is_file() and path.name != MANIFEST)
-    for name in names:  # the listed bytes must be on disk before the manifest that vouches for them
-        fsync_path(directory / name)
     path = directory / MANIFEST
     write_json(path, {**(extra or {}), "files": _file_records(directory, names)})
     return path
@@ -300,15 +301,16 @@ def publish_together(
         for name, write in writers.items():
             write(staging / name)
             crash_point(f"{fault}.wrote_{name}")
-        records = {name: {"size": (staging / name).stat().st_size, "sha256": file_sha256(staging / name)}
-                   for name in writers}
+        records = _file_records(staging, writers)
         full = {**manifest, "sha256": {name: r["sha256"] for name, r in records.items()},
                 "size": {name: r["size"] for name, r in records.items()}}
         (staging / manifest_name).write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return full
 
 
-def verify_published(directory: Path, manifest: Mapping[str, Any], names: Iterable[str], manifest_path: Path) -> str | None:
+def verify_published(
+    directory: Path, manifest: Mapping[str, Any], names: Iterable[str], manifest_path: Path
+) -> str | None:
     """Why the files ``names`` do not match what :func:`publish_together` recorded in ``manifest``, or None."""
     sha, size = manifest.get("sha256"), manifest.get("size") or {}
     if not isinstance(sha, dict) or not isinstance(size, dict):

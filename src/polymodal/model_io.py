@@ -25,8 +25,8 @@ from polymodal.io import atomic_path, crash_point, file_sha256, read_json, recov
 from polymodal.models.registry import build_model
 from polymodal.runtime import resolve_device
 
-__all__ = ["LoadedModel", "load_for_inference", "load_model", "load_model_config", "load_tokenizer", "resolve_model_dir", "save_model",
-           "weights_sha256"]
+__all__ = ["LoadedModel", "load_for_inference", "load_model", "load_model_config", "load_tokenizer",
+           "resolve_model_dir", "save_model", "weights_sha256"]
 
 WEIGHTS, CONFIG, TOKENIZER, PREPROCESS = "model.safetensors", "config.json", "tokenizer.json", "preprocess.json"
 # A run directory's pointer to its newest checkpoint (written by train/checkpoint.py).
@@ -89,7 +89,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     The model comes back in eval mode; ``path`` may also be a run directory (see :func:`resolve_model_dir`).
     """
     directory = resolve_model_dir(path)
-    config = read_json(directory / CONFIG, "model config")
+    config = load_model_config(directory)
     # Pretrained towers are rebuilt from their packages' files first, then overwritten by the saved weights.
     model = build_model(config, where=str(directory / CONFIG), for_loading=True)
     try:
