@@ -1,8 +1,13 @@
 """Training-step throughput and memory: polymodal vs open_clip on the same CLIP configuration.
 
 Both sides get the same architecture (ViT image tower with a CLS token, causal text transformer pooled at
-the EOS token, linear projections, learnable temperature), the same batch, AdamW and the symmetric CLIP loss
-(polymodal's ``ClipLoss`` vs open_clip's ``ClipLoss``). Steps run alternately in one process, so both see the
+the EOS token, linear projections, learnable temperature), the same images and captions, and the symmetric CLIP
+loss (polymodal's ``ClipLoss`` vs open_clip's ``ClipLoss``). Each side runs its own training step as its own
+training code sets it up: polymodal's optimizer (``train.optim.create_optimizer``: AdamW, fused where it can
+run) and its tokenizer's padding (to the batch's longest caption); open_clip's training script's
+``torch.optim.AdamW`` and its tokenizer's padding (always to the context length). Caption lengths are drawn
+like COCO's (8–20 tokens with BOS/EOS; context 77 as in CLIP); ``--full-length`` gives every caption the whole
+context instead, which leaves padding nothing to save. Steps run alternately in one process, so both see the
 same machine state; the figure reported is the median over the timed rounds.
 
 Memory: on CUDA, ``torch.cuda.max_memory_allocated`` per step. On CPU, PyTorch has no allocator statistics,
@@ -14,7 +19,7 @@ backward), the GFLOP/s each side achieves, and that as a fraction of the matmul 
 the same precision (``matmul_precision.py``), with whether this machine runs bf16 fast.
 
     python benchmarks/train_throughput.py [--batch 64] [--rounds 10] [--image-size 64] [--width 128]
-                                          [--precision fp32|bf16] [--compile]
+                                          [--precision fp32|bf16] [--compile] [--full-length] [--no-fused]
 """
 from __future__ import annotations
 
@@ -89,11 +94,15 @@ def state_bytes(model: torch.nn.Module) -> int:
     return 4 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 
-def make_step(name: str, model: torch.nn.Module, batch: dict, device: torch.device, precision: str = "fp32"):
+def make_step(name: str, model: torch.nn.Module, batch: dict, device: torch.device, precision: str = "fp32",
+              fused: bool = True):
     if name == "polymodal":
         from polymodal.losses import ClipLoss
 
+        from polymodal.train.optim import create_optimizer
+
         loss_fn = ClipLoss()
+        optimizer = create_optimizer(model, lr=1e-4, fused=None if fused else False)
 
         def forward():
             return loss_fn(**model(image=batch["image"], input_ids=batch["input_ids"],
@@ -107,7 +116,7 @@ def make_step(name: str, model: torch.nn.Module, batch: dict, device: torch.devi
             out = model(batch["image"], batch["input_ids"])
             return loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     dtype = torch.bfloat16 if precision == "bf16" else None
 
     def autocast() -> contextlib.AbstractContextManager:
@@ -153,7 +162,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--embed-dim", type=int, default=128)
-    parser.add_argument("--context", type=int, default=32)
+    parser.add_argument("--context", type=int, default=77)
+    parser.add_argument("--full-length", action="store_true", help="every caption fills the whole context")
+    parser.add_argument("--no-fused", action="store_true", help="polymodal's AdamW without its fused kernel")
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="autocast dtype, both sides")
@@ -162,21 +173,24 @@ def main() -> None:
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    lengths = torch.randint(8, args.context, (args.batch,))
+    lengths = torch.full((args.batch,), args.context) if args.full_length else torch.randint(8, 21, (args.batch,))
     input_ids = torch.randint(3, args.vocab, (args.batch, args.context))
     positions = torch.arange(args.context)
     attention_mask = (positions[None] < lengths[:, None]).long()
     # open_clip pools at argmax(token id), so give the EOS the largest id; padding is 0 for both.
     input_ids = torch.where(attention_mask.bool(), input_ids % (args.vocab - 1), 0)
     input_ids[torch.arange(args.batch), lengths - 1] = args.vocab - 1
-    batch = {"image": torch.randn(args.batch, 3, args.image_size, args.image_size).to(device),
-             "input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+    padded = {"image": torch.randn(args.batch, 3, args.image_size, args.image_size).to(device),
+              "input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+    longest = int(lengths.max())
+    batches = {"polymodal": padded | {key: padded[key][:, :longest] for key in ("input_ids", "attention_mask")},
+               "open_clip": padded}
 
     models = {"polymodal": polymodal_model(args).to(device).train(), "open_clip": open_clip_model(args).to(device).train()}
     runners = dict(models)
     if args.compile:
         runners["polymodal"] = torch.compile(models["polymodal"])
-    steps = {name: make_step(name, runner, batch, device, args.precision) for name, runner in runners.items()}
+    steps = {name: make_step(name, runner, batches[name], device, args.precision, not args.no_fused) for name, runner in runners.items()}
     flops = {name: step.count_flops() for name, step in steps.items()}  # before timing: also warms compile
     matmul_peak = matmul_gflops(1024, torch.bfloat16 if args.precision == "bf16" else torch.float32, 10, device)
     fast_bf16 = device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -192,7 +206,8 @@ def main() -> None:
 
     print(f"device={device.type} threads={torch.get_num_threads()} batch={args.batch} image={args.image_size}px "
           f"width={args.width} layers={args.layers} rounds={args.rounds} precision={args.precision} "
-          f"compile={args.compile} (median step time)")
+          f"compile={args.compile} fused AdamW={not args.no_fused} caption tokens={'all' if args.full_length else '8-20'}/{args.context} "
+          f"(median step time)")
     print(f"machine: fast bf16 {'yes' if fast_bf16 else 'no'}; matmul peak at {args.precision}: {matmul_peak:.1f} GFLOP/s")
     print(f"{'':10} {'params':>10} {'samples/s':>10} {'step ms':>9} {'memory MiB':>11} {'GFLOP/s':>8} {'% peak':>7}")
     for name in models:

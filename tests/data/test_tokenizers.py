@@ -17,6 +17,16 @@ def test_bpe_pads_truncates_and_marks_real_tokens():
     assert tokenizer.decode(batch["input_ids"][0].tolist()).strip() == "a red circle"
 
 
+def test_a_batch_of_short_texts_is_padded_to_its_longest_only():
+    tokenizer = TextTokenizer.train_bpe(CAPTIONS, vocab_size=300, context_length=32)
+    batch = tokenizer(["a red circle", "a blue square left of a white star"])
+    longest = len(tokenizer.tokenizer.encode("a blue square left of a white star").ids)
+    assert batch["input_ids"].shape == (2, longest) and longest < 32
+    assert batch["attention_mask"][1].all() and batch["attention_mask"][0, -1] == 0
+    alone = tokenizer(["a red circle"])
+    assert torch.equal(alone["input_ids"][0], batch["input_ids"][0, : alone["input_ids"].shape[1]])
+
+
 def test_bpe_lowercases_and_round_trips_through_file(tmp_path):
     tokenizer = TextTokenizer.train_bpe(CAPTIONS, vocab_size=300, context_length=16)
     tokenizer.save(tmp_path / "tokenizer.json")

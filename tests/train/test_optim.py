@@ -137,7 +137,9 @@ def test_steps_match_hand_configured_torch_adamw() -> None:
         lr=LR,
         betas=(0.9, 0.98),
         eps=1e-6,
+        fused=True,
     )
+    assert ours.defaults["fused"] and not create_optimizer(Tiny(), lr=LR, fused=False).defaults["fused"]
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):
         tokens = torch.randint(0, 10, (5,), generator=generator)

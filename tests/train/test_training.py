@@ -94,3 +94,17 @@ def test_resume_after_kill_reaches_same_step_and_loss(tmp_path, tiny_model_confi
     resumed_model = load_model(run)
     for (name, a), b in zip(resumed_model.state_dict().items(), reference.model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.slow
+def test_compiled_run_trains_like_the_eager_one_and_saves_plain_weights(tmp_path, tiny_model_config):
+    logs = {}
+    for compiled in (False, True):
+        out = tmp_path / f"compile-{compiled}"
+        config = tiny_config(tiny_model_config, out, epochs=1, max_steps=6, compile=compiled, log_every=1)
+        run_training(load_run_config(config), progress=False)
+        logs[compiled] = [r["loss"] for r in read_log(out) if "loss" in r]
+    assert len(logs[True]) == 6
+    assert max(abs(a - b) for a, b in zip(logs[True], logs[False], strict=True)) < 1e-4
+    loaded = load_model(tmp_path / "compile-True")  # strict load: no torch.compile prefix in the saved names
+    assert not any("_orig_mod" in name for name in loaded.state_dict())

@@ -18,12 +18,17 @@ PAD, BOS, EOS, UNK, MASK = "<pad>", "<bos>", "<eos>", "<unk>", "<mask>"
 
 
 class TextTokenizer:
-    """Pads/truncates to ``context_length`` and returns ``{"input_ids", "attention_mask"}`` tensors.
+    """Tokenizes a batch into ``{"input_ids", "attention_mask"}`` tensors, truncated to ``context_length`` and
+    right-padded to the batch's longest text (HF's ``padding="longest"``).
+
+    Padding only to the longest text is exact: no real token attends to padding (every encoder masks it), and
+    trailing padding shifts no position. It saves the text tower most of its work when captions are much
+    shorter than the context (COCO captions average ~13 tokens against CLIP's 77).
 
     Args:
         tokenizer: an HF ``tokenizers.Tokenizer`` whose post-processor adds the special tokens the text tower
             expects (``<bos> … <eos>`` for our BPE, ``[CLS] … [SEP]`` for MiniLM).
-        context_length: every batch is padded or truncated to this many tokens.
+        context_length: the longest a tokenized text may be; longer ones are truncated.
     """
 
     def __init__(self, tokenizer: Tokenizer, context_length: int) -> None:
@@ -36,8 +41,7 @@ class TextTokenizer:
         if pad_id is None:
             raise ValueError("the tokenizer has neither a <pad> nor a [PAD] token")
         self.pad_id = pad_id
-        # Fixed-length padding keeps every batch the same shape, which the position embeddings need.
-        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token, length=context_length)
+        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token, direction="right")
         self.tokenizer.enable_truncation(max_length=context_length)
 
     @property

@@ -66,6 +66,9 @@ class OptimConfig:
     fsdp: bool = False
     cache_features: bool = True  # frozen towers: compute their outputs once and train on the cache
     device: str = "auto"
+    # torch.compile the model (Inductor: C++ on CPU, Triton on CUDA). The first steps pay the compile (a minute
+    # or more for a small CLIP on 2 CPU cores; see the README's performance section), so it pays only on long runs.
+    compile: bool = False
 
 
 @dataclass

@@ -184,6 +184,8 @@ def _train(config: RunConfig, resume: bool, progress: bool, info: DistInfo, devi
     trained = model  # an FSDP model is sharded in place and trains as itself
     if info.is_distributed and not opt.fsdp:
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if opt.compile:
+        trained = torch.compile(trained)  # outside DDP, so Dynamo splits the graph at DDP's gradient buckets
     # An FSDP checkpoint gathers weights and writes shards on every rank, so every rank saves; otherwise rank 0.
     saves = info.is_main or opt.fsdp
     loss = family.build_loss(model.config, LossOptions(opt.label_smoothing, opt.local_loss, opt.gather_with_grad))

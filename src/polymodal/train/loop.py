@@ -74,8 +74,15 @@ def move_to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, t
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model itself: DDP keeps its attributes (``config``, hooks) on ``.module``."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    """The model itself: DDP keeps its attributes (``config``, hooks) on ``.module``, ``torch.compile`` on
+    ``._orig_mod``."""
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
 
 
 def train_one_epoch(
