@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from polymodal import create_model, run_training
+from polymodal.precision import resolve_precision
 from polymodal.recipes.config import DataConfig, OptimConfig, RunConfig
 from polymodal.recipes.ensemble_weight import select_ensemble_weight, set_ensemble_weight
 from polymodal.recipes.frozen_towers import tower_features
@@ -100,6 +101,8 @@ def test_training_on_cached_tower_features_improves_in_domain_retrieval(tmp_path
     subset = result.val_set.subset(range(6))
     fresh = tower_features(model, result.tokenizer, subset, device, progress=False)
     assert calls["image"] >= 1 and calls["text"] >= 1
-    torch.testing.assert_close(fresh.images, cached.images[:6], atol=1e-4, rtol=1e-4)
+    # In bf16 (where the machine runs it fast) another batch composition rounds differently.
+    tolerance = 1e-4 if resolve_precision("auto", device) == "fp32" else 1e-2
+    torch.testing.assert_close(fresh.images, cached.images[:6], atol=tolerance, rtol=tolerance)
     captions = int(fresh.caption_offsets[-1])
-    torch.testing.assert_close(fresh.captions, cached.captions[:captions], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fresh.captions, cached.captions[:captions], atol=tolerance, rtol=tolerance)

@@ -16,10 +16,21 @@ from torch import nn
 from polymodal.data.records import ImageTextSet
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.data.transforms import image_transform
-from polymodal.tasks.embed import FeatureCache, all_captions, feature_cache_dir, map_images, map_texts
+from polymodal.precision import resolve_precision
+from polymodal.tasks.embed import (
+    FeatureCache,
+    InferenceCompiled,
+    all_captions,
+    feature_cache_dir,
+    map_images,
+    map_texts,
+)
 from polymodal.tasks.retrieval import retrieval_from_embeddings
 
 __all__ = ["TowerFeatures", "embed_cached", "evaluate_cached", "has_frozen_towers", "tower_features"]
+
+# Below this many images, compiling the image tower (~7 s) costs more than it saves (~6 ms per image).
+COMPILE_FROM_IMAGES = 1024
 
 
 @dataclass
@@ -40,23 +51,35 @@ def has_frozen_towers(model: nn.Module) -> bool:
 def tower_features(
     model: nn.Module, tokenizer: TextTokenizer, dataset: ImageTextSet, device: torch.device, progress: bool
 ) -> TowerFeatures:
-    """Run the frozen towers of a dual encoder once over ``dataset`` (cached on disk across runs)."""
+    """Run the frozen towers of a dual encoder once over ``dataset`` (cached on disk across runs).
+
+    The towers run in bf16 where the device runs it fast (``precision: auto``: features within cosine 0.998 of
+    fp32), and the image tower is compiled for inference when the set is large enough to repay the compile.
+    """
     cache = FeatureCache(feature_cache_dir())
     captions, _, offsets = all_captions(dataset)
     keys = [record.key for record in dataset.records]
     transform = image_transform(model.preprocess)
+    precision = resolve_precision("auto", device)
     model.eval()
+
+    def image_features() -> torch.Tensor:
+        compile_tower = len(dataset) >= COMPILE_FROM_IMAGES
+        tower = InferenceCompiled(model.image_encoder) if compile_tower else model.image_encoder
+        return map_images(lambda image: tower(image).pooled, dataset, transform, device, precision=precision,
+                          progress=progress, desc=f"image tower · {dataset.name}", same_shape=compile_tower)
+
     images = cache.get_or_compute(
         # The first image's pixels stand in for how the set renders (e.g. openmoji's image_size), which the
         # record keys alone do not show.
-        FeatureCache.key("image", model.config["image"], model.preprocess, dataset.name, keys, _first_pixels(dataset)),
-        lambda: map_images(
-            model.image_tower_features, dataset, transform, device, progress=progress, desc=f"image tower · {dataset.name}"
-        ),
+        FeatureCache.key("image", model.config["image"], model.preprocess, dataset.name, keys, _first_pixels(dataset),
+                         precision),
+        image_features,
     )
     texts = cache.get_or_compute(
-        FeatureCache.key("text", model.config["text"], dataset.name, captions),
-        lambda: map_texts(model.text_tower_features, tokenizer, captions, device, progress=progress, desc="text tower"),
+        FeatureCache.key("text", model.config["text"], dataset.name, captions, precision),
+        lambda: map_texts(model.text_tower_features, tokenizer, captions, device, precision=precision,
+                          progress=progress, desc="text tower"),
     )
     return TowerFeatures(images, texts, offsets)
 

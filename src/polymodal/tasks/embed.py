@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -18,6 +19,8 @@ from polymodal.data.records import ImageTextSet
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.io import atomic_path
 from polymodal.precision import autocast_context
+
+log = logging.getLogger(__name__)
 
 
 class _ImageOnly(Dataset):
@@ -46,16 +49,48 @@ def map_images(
     precision: str = "fp32",
     progress: bool = True,
     desc: str = "embed images",
+    same_shape: bool = False,
 ) -> torch.Tensor:
-    """Apply ``encode`` to every image of ``dataset`` in batches; returns ``(N, D)`` float32 on the CPU."""
+    """Apply ``encode`` to every image of ``dataset`` in batches; returns ``(N, D)`` float32 on the CPU.
+
+    ``same_shape``: pad the last, shorter batch to ``batch_size`` (repeating its last image; the extra rows are
+    dropped), so that a compiled ``encode`` sees one input shape and never recompiles.
+    """
     # A private generator: evaluation in the middle of training must not advance the global RNG.
     loader = DataLoader(_ImageOnly(dataset, transform), batch_size=batch_size, num_workers=num_workers,
                         generator=torch.Generator().manual_seed(0))
     outputs = []
     for images in tqdm(loader, desc=desc, disable=not progress, file=sys.stderr, dynamic_ncols=True):
+        count = len(images)
+        if same_shape and count < batch_size:
+            images = torch.cat([images, images[-1:].expand(batch_size - count, *images.shape[1:])])
         with autocast_context(precision, device):
-            outputs.append(encode(images.to(device)).float().cpu())
+            outputs.append(encode(images.to(device))[:count].float().cpu())
     return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+class InferenceCompiled:
+    """``module`` under ``torch.compile`` for inference with frozen weights (Inductor's ``freezing``: weights
+    become constants, so BatchNorm folds into the convolutions and oneDNN pre-packs the weights), falling back
+    to eager ``module`` with a warning when compiling fails (e.g. no C++ compiler on the machine).
+
+    Measured on 2 CPU cores (EfficientNet-Lite0, 224 px, batch 64): fp32 15.6 → 9.5 ms per image, bf16 7.5 →
+    4.2 ms, for a one-off compile of ~7 s; worth it from about a thousand images.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self.compiled: Callable | None = torch.compile(module, options={"freezing": True})
+
+    def __call__(self, *args: torch.Tensor):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as error:  # noqa: BLE001 - any compiler failure: the eager module still works
+                log.warning("torch.compile of %s failed (%s: %s); running it eagerly", type(self.module).__name__,
+                            type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+                self.compiled = None
+        return self.module(*args)
 
 
 @torch.no_grad()
