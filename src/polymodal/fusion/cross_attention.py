@@ -1,0 +1,96 @@
+"""Cross-attention fusion: the query modality's tokens (default text) attend to the context modality's tokens
+(default image): seed article 004, 3.2.2 (图文交叉注意力), the cross-attention sub-layer of fusion encoders such as
+ALBEF's, here without their self-attention.
+
+Each layer is a pre-norm residual block, with ``Attention(Q, K, V) = softmax(Q K^T / √d_k) V`` per head::
+
+    x = x + CrossAttn(Q = LN_q(x), K = V = LN_c(c))      keys from the context's real tokens only
+    x = x + MLP(LN(x))
+
+with ``x = P_q T_query`` and ``c = P_c T_context`` both projected to ``dim`` (the context is projected once and
+shared by all layers). After a final LayerNorm, ``fused`` pools the query stream: the mean over its real tokens
+(``pool="mean"``) or its first token (``pool="first"``, for encoders that emit a CLS token). Query tokens
+attend only to the context, never to each other, so each query position's output depends on that position and
+the context alone.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from polymodal.encoders.base import EncoderOutput
+from polymodal.fusion.base import Fusion, FusionOutput, bool_mask, check_choice, check_roles, pool_tokens
+from polymodal.layers.attention import CrossAttention
+from polymodal.layers.mlp import Mlp
+from polymodal.layers.transformer import init_weights
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-norm ``x + CrossAttn(LN(x), LN(context))`` then ``x + MLP(LN(x))``: ``(B, N, D), (B, M, D) -> (B, N, D)``.
+
+    Also the co-attention sub-layer of :class:`polymodal.fusion.co_attention.CoAttentionFusion` (ViLBERT's Co-TRM).
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm_context = nn.LayerNorm(dim)
+        self.attn = CrossAttention(dim, num_heads=heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``context_mask (B, M)``: True = real context token; padded ones are never attended to."""
+        x = x + self.attn(self.norm1(x), self.norm_context(context), context_mask=context_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class CrossAttentionFusion(Fusion):
+    """Stacked :class:`CrossAttentionBlock` from ``query`` tokens to ``context`` tokens; returns the query stream.
+
+    Args:
+        query: modality whose tokens ask (and are returned as ``tokens``, with its mask).
+        context: modality whose tokens are attended to.
+        layers: number of blocks.
+        heads: attention heads; must divide ``dim``.
+        mlp_ratio: MLP hidden width as a multiple of ``dim``.
+        pool: ``"mean"`` (over real query tokens) or ``"first"``.
+    """
+
+    uses_tokens = True
+
+    def __init__(
+        self,
+        input_dims: Mapping[str, int],
+        dim: int,
+        query: str = "text",
+        context: str = "image",
+        layers: int = 1,
+        heads: int = 8,
+        mlp_ratio: float = 4.0,
+        pool: str = "mean",
+    ) -> None:
+        super().__init__(input_dims, dim)
+        check_roles(self.input_dims, query=query, context=context)
+        check_choice("pool", pool, ("mean", "first"))
+        self.query, self.context, self.pool = query, context, pool
+        self.query_proj = nn.Linear(self.input_dims[query], dim)
+        self.context_proj = nn.Linear(self.input_dims[context], dim)
+        self.blocks = nn.ModuleList(CrossAttentionBlock(dim, heads, mlp_ratio) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.apply(init_weights)
+
+    def fuse(self, features: Mapping[str, EncoderOutput]) -> FusionOutput:
+        query, context = features[self.query], features[self.context]
+        x = self.query_proj(query.tokens)  # (B, N_q, dim)
+        c = self.context_proj(context.tokens)  # (B, N_c, dim)
+        context_mask = bool_mask(context)
+        for block in self.blocks:
+            x = block(x, c, context_mask)
+        x = self.norm(x)
+        mask = bool_mask(query)
+        return FusionOutput(fused=pool_tokens(x, mask, self.pool), tokens=x, mask=mask)
