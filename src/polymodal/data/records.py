@@ -32,6 +32,10 @@ class ImageTextRecord:
         question: a question about the image (VQA); one record per question, so several records may share
             an image through ``group``.
         answers: the annotators' answers to ``question`` (VQA v2 has ten).
+        question_id: the question's id in its VQA file (generated sets number their questions from 1).
+        question_type: the question's kind, as VQA v2 annotates it ("what color is the", "how many") or as
+            a generated set names it ("colour", "count").
+        answer_type: VQA v2's coarse answer kind: "yes/no", "number" or "other".
     """
 
     key: str
@@ -40,6 +44,9 @@ class ImageTextRecord:
     label: int | None = None
     question: str | None = None
     answers: tuple[str, ...] = ()
+    question_id: int | None = None
+    question_type: str | None = None
+    answer_type: str | None = None
 
     def __post_init__(self) -> None:
         if not self.group:
