@@ -4,11 +4,15 @@ from __future__ import annotations
 import argparse
 
 HELP = """\
-Score a trained model: retrieval (and zero-shot) for a dual encoder, top-1/top-5 accuracy for a classifier.
+Score a trained model: retrieval (and zero-shot) for a dual encoder, top-1/top-5 accuracy for a classifier,
+the official VQA accuracy (overall, per question type and per answer type) for a VQA model.
 
   --data SPEC       image-text pairs to score retrieval on: a JSONL of {"image": path, "caption": text}
                     (paths relative to the file), a CSV, COCO captions JSON, Karpathy JSON, an ImageFolder,
                     or a catalog name (polymodal data list). Default: the run's validation set.
+                    For a VQA model: a VQA set, i.e. easy-vqa or shapes (with --data-split) or a folder
+                    holding questions.json + annotations.json (VQA v2 format, e.g. from `polymodal data
+                    export NAME --format vqa`).
   --zero-shot SPEC  a labelled set (ImageFolder or catalog name such as animal-shapes) for zero-shot
                     top-1/top-5 with prompt ensembling.
 Prints a table, or with --json one JSON object: image_to_text_R@1/5/10, text_to_image_R@1/5/10, median
@@ -21,6 +25,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="checkpoint directory or run directory")
     parser.add_argument("--data", help="pairs to evaluate retrieval on (see above)")
+    parser.add_argument("--data-split", dest="data_split", help="split of a named --data set (e.g. test)")
     parser.add_argument("--zero-shot", dest="zero_shot", help="labelled set for zero-shot classification")
     parser.add_argument("--skip-bad", action="store_true", help="skip and count malformed rows")
     parser.add_argument("--json", action="store_true", help="print metrics as JSON")
@@ -32,10 +37,12 @@ def run(args: argparse.Namespace) -> int:
     from polymodal.cli.common import print_json, run_config_beside
     from polymodal.cli.report import print_table
     from polymodal.data.catalog import load_data_spec
+    from polymodal.data.vqa import load_vqa_spec
     from polymodal.models.registry import family_of
     from polymodal.model_io import load_for_inference
     from polymodal.tasks.classification import evaluate_labelled_set
     from polymodal.tasks.retrieval import evaluate_retrieval
+    from polymodal.tasks.vqa import evaluate_vqa
     from polymodal.tasks.zero_shot import evaluate_zero_shot
 
     loaded = load_for_inference(args.checkpoint, args.device)
@@ -50,7 +57,16 @@ def run(args: argparse.Namespace) -> int:
     task = family_of(loaded.model.config).task
     if task != "contrastive" and args.zero_shot is not None:
         raise ValueError(f"--zero-shot needs a dual encoder; {loaded.directory} holds a {task} model")
-    if spec is not None:
+    if spec is not None and args.data_split is not None:
+        spec = {"name": spec, "split": args.data_split} if isinstance(spec, str) else {**spec, "split": args.data_split}
+    if spec is not None and task == "vqa":
+        dataset = load_vqa_spec(spec, args.skip_bad)
+        report = evaluate_vqa(loaded.model, dataset, loaded.tokenizer, loaded.transform)
+        metrics.update({"dataset": dataset.name, "questions": report.count, "skipped": dataset.skipped,
+                        "vqa_accuracy": round(report.overall, 2)})
+        metrics.update({f"question_type/{k}": round(v, 2) for k, v in report.per_question_type.items()})
+        metrics.update({f"answer_type/{k}": round(v, 2) for k, v in report.per_answer_type.items()})
+    elif spec is not None:
         dataset = load_data_spec(spec, args.skip_bad)
         metrics.update({"dataset": dataset.name, "images": len(dataset), "skipped": dataset.skipped})
         if task == "classification":

@@ -1,4 +1,5 @@
 """Losses that consume model outputs: each is a function plus an ``nn.Module`` holding its hyper-parameters."""
+from polymodal.losses.classification import ClassificationLoss, VQALoss, vqa_soft_bce
 from polymodal.losses.contrastive import (
     ClipLoss,
     InfoNCELoss,
@@ -11,6 +12,9 @@ from polymodal.losses.contrastive import (
 )
 
 __all__ = [
+    "ClassificationLoss",
+    "VQALoss",
+    "vqa_soft_bce",
     "ClipLoss",
     "InfoNCELoss",
     "NTXentLoss",

@@ -12,12 +12,15 @@ from typing import Any, Literal
 
 from torch import nn
 
-__all__ = ["LossOptions", "ModelFamily", "Task"]
+__all__ = ["TASK_NAMES", "LossOptions", "ModelFamily", "Task"]
 
 # Which data a run feeds the model and how it is evaluated (recipes/tasks.py):
 #   "contrastive"    image-caption pairs → batch {image, input_ids, attention_mask}; retrieval R@K on val
 #   "classification" labelled images (+ captions) → batch {image, input_ids, attention_mask, labels}; accuracy
-Task = Literal["contrastive", "classification"]
+#   "vqa"            questions about images → batch {image, input_ids, attention_mask, targets (soft scores)};
+#                    the official VQA accuracy, overall and per question / answer type
+Task = Literal["contrastive", "classification", "vqa"]
+TASK_NAMES: tuple[str, ...] = ("contrastive", "classification", "vqa")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from typing import Any
 from torch import nn
 
 from polymodal.models.dual_encoder import DUAL_ENCODER
-from polymodal.models.family import LossOptions, ModelFamily, Task
+from polymodal.models.family import TASK_NAMES, LossOptions, ModelFamily, Task
+from polymodal.models.fusion_model import MULTIMODAL_CLASSIFIER, VQA
 from polymodal.typed_config import ConfigError
 
 __all__ = ["build_loss", "build_model", "family_of", "list_families", "register_family"]
@@ -19,7 +20,7 @@ __all__ = ["build_loss", "build_model", "family_of", "list_families", "register_
 # Configs saved before families existed hold a dual encoder and no "family" key.
 DEFAULT_FAMILY = DUAL_ENCODER.name
 
-_FAMILIES: dict[str, ModelFamily] = {DUAL_ENCODER.name: DUAL_ENCODER}
+_FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (DUAL_ENCODER, VQA, MULTIMODAL_CLASSIFIER)}
 
 
 def register_family(
@@ -36,8 +37,8 @@ def register_family(
     """
     if name in _FAMILIES and not exist_ok:
         raise ValueError(f"model family {name!r} is already registered")
-    if task not in ("contrastive", "classification"):
-        raise ValueError(f"task must be 'contrastive' or 'classification', got {task!r}")
+    if task not in TASK_NAMES:
+        raise ValueError(f"task must be one of {', '.join(TASK_NAMES)}, got {task!r}")
     family = ModelFamily(name, build, build_loss, task)
     _FAMILIES[name] = family
     return family

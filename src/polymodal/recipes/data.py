@@ -17,6 +17,7 @@ from polymodal.data.catalog import load_data_spec, split_train_val
 from polymodal.data.records import ImageTextSet
 from polymodal.data.sampler import ResumableRandomSampler
 from polymodal.data.shards import INDEX_NAME, read_captions
+from polymodal.data.vqa import load_vqa_spec
 from polymodal.distributed import DistInfo
 from polymodal.recipes.config import DataConfig, OptimConfig
 
@@ -46,10 +47,12 @@ class RunData:
                 for text in (*record.captions, *([record.question] if record.question else [])))
 
 
-def load_run_data(data: DataConfig, seed: int) -> RunData:
-    shard_dir = shard_dir_of(data.train)
-    train_set = None if shard_dir is not None else load_data_spec(data.train, data.skip_bad)
-    val_set = load_data_spec(data.val, data.skip_bad) if data.val else None
+def load_run_data(data: DataConfig, seed: int, questions: bool = False) -> RunData:
+    """The run's datasets; ``questions``: read them as VQA sets (one record per question, with its answers)."""
+    load = load_vqa_spec if questions else load_data_spec
+    shard_dir = None if questions else shard_dir_of(data.train)
+    train_set = None if shard_dir is not None else load(data.train, data.skip_bad)
+    val_set = load(data.val, data.skip_bad) if data.val else None
     if val_set is None and data.val_fraction > 0:
         if train_set is None:
             raise ValueError(f"data.val_fraction cannot carve a validation set out of the shard stream {shard_dir}: "

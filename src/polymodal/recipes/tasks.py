@@ -3,6 +3,7 @@
 - ``contrastive``: image–caption pairs (in memory, as tar shards, or as cached frozen-tower outputs); scored by
   retrieval R@K on the validation set.
 - ``classification``: labelled images with their captions; scored by top-1/top-5 accuracy.
+- ``vqa``: questions about images with their annotators' answers; scored by the official VQA accuracy.
 
 Each task builds the training dataset + collate and the per-epoch evaluator from one :class:`RunContext`.
 """
@@ -18,6 +19,8 @@ from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 
 from polymodal.data.labelled import LabelledImageCollator, LabelledImageDataset
+from polymodal.data.questions import QuestionCollator, QuestionDataset
+from polymodal.data.vqa import AnswerVocab, build_answer_vocab
 from polymodal.data.pair_dataset import (
     CachedFeatureDataset,
     ImageCaptionCollator,
@@ -33,8 +36,9 @@ from polymodal.recipes.data import RunData
 from polymodal.recipes.frozen_towers import evaluate_cached, has_frozen_towers, tower_features
 from polymodal.tasks.classification import evaluate_classification, labelled_loader
 from polymodal.tasks.retrieval import evaluate_retrieval
+from polymodal.tasks.vqa import evaluate_vqa, vqa_metrics
 
-__all__ = ["ClassificationTask", "ContrastiveTask", "RunContext", "TASKS"]
+__all__ = ["ClassificationTask", "ContrastiveTask", "RunContext", "TASKS", "VQATask"]
 
 Collate = Callable[[list[Any]], dict[str, torch.Tensor]]
 Evaluator = Callable[[nn.Module], dict[str, float]]
@@ -135,7 +139,42 @@ class ClassificationTask:
         return _on_evaluating_ranks(context, lambda trained: evaluate_classification(trained, loader))
 
 
-TASKS: dict[str, type[ContrastiveTask] | type[ClassificationTask]] = {
+class VQATask:
+    """Questions about images, scored against every answer of the model's answer list.
+
+    The answer list is the training set's ``num_outputs`` most frequent answers, stored in the model's config as
+    ``answers`` (so a checkpoint knows what its outputs mean); a resumed run keeps the checkpoint's list.
+    Images are not augmented: a crop can cut away an object a counting or position question is about.
+    """
+
+    def __init__(self, context: RunContext) -> None:
+        if context.data.shard_dir is not None:
+            raise ValueError("VQA runs read their data in memory: data.train cannot be a shard directory")
+        self.context = context
+        config = context.model.config
+        if not config.get("answers"):
+            vocab = build_answer_vocab(context.data.train_set.records, top_k=config["num_outputs"])
+            config["answers"] = list(vocab.answers)
+        self.vocab = AnswerVocab(tuple(config["answers"]))
+        preprocess = context.model.preprocess
+        self.transform = image_transform(preprocess) if preprocess is not None else None
+
+    def train_data(self) -> tuple[Dataset, Collate]:
+        context = self.context
+        return (QuestionDataset(context.data.train_set, self.transform),
+                QuestionCollator(self.vocab, context.model.config["num_outputs"], context.tokenizer))
+
+    def evaluator(self) -> Evaluator:
+        """The official VQA accuracy on the validation set, overall and per question type."""
+        context, val_set = self.context, self.context.data.val_set
+        if val_set is None:
+            return _on_evaluating_ranks(context, None)
+        return _on_evaluating_ranks(context, lambda trained: vqa_metrics(evaluate_vqa(
+            trained, val_set, context.tokenizer, self.transform, context.config.train.batch_size)))
+
+
+TASKS: dict[str, type[ContrastiveTask] | type[ClassificationTask] | type[VQATask]] = {
     "contrastive": ContrastiveTask,
     "classification": ClassificationTask,
+    "vqa": VQATask,
 }

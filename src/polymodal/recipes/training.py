@@ -117,7 +117,7 @@ def _build_tokenizer(model: nn.Module, corpus: Any, info: DistInfo, resume_from:
     """The saved tokenizer on resume; else, for a model that reads text, its text tower's tokenizer."""
     if resume_from is not None:
         return load_tokenizer(resume_from)
-    if "text" not in model.config:
+    if model.config.get("text") is None:
         return None
     # Rank 0 builds it, the others receive it: all ranks must share one vocabulary.
     return build_on_main_rank(lambda: build_tokenizer(model.config["text"], corpus), info)
@@ -137,9 +137,9 @@ def _train(config: RunConfig, resume: bool, progress: bool, info: DistInfo, devi
     if resume_from is not None:
         _refuse_model_change(config, resume_from)
     model = _build_model(config, device, resume_from)  # first: a bad model config stops before data is read
-    data = load_run_data(config.data, opt.seed)
-    tokenizer = _build_tokenizer(model, data.captions, info, resume_from)
     family = family_of(model.config)
+    data = load_run_data(config.data, opt.seed, questions=family.task == "vqa")
+    tokenizer = _build_tokenizer(model, data.captions, info, resume_from)
     if info.is_main:
         write_bytes(out / "run_config.yaml", yaml.safe_dump(run_config_to_dict(config), sort_keys=False).encode("utf-8"))
 
@@ -236,8 +236,10 @@ def _refuse_model_change(config: RunConfig, checkpoint: Path) -> None:
     # A config without "family" (written before families existed) means a dual encoder.
     wanted = {"family": DEFAULT_FAMILY, **model_config_of(config)[0]}
     saved = {"family": DEFAULT_FAMILY, **load_model_config(checkpoint)}
+    # Training fills in what the data decides (a VQA model's answer list): not a change of model.
+    filled_by_training = ("description", "answers", "class_names")
     changed = sorted(key for key in set(_flat(wanted)) | set(_flat(saved))
-                     if key != "description" and _flat(wanted).get(key) != _flat(saved).get(key))
+                     if key.split(".")[0] not in filled_by_training and _flat(wanted).get(key) != _flat(saved).get(key))
     if changed:
         first = changed[0]
         raise ValueError(f"--resume cannot change the model: model.{first} is {_flat(saved).get(first)!r} in "

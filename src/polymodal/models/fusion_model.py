@@ -1,0 +1,186 @@
+"""Fusion models: per-modality encoders → a fusion → a head, for VQA and multimodal classification.
+
+Two families share this model (``"family": "vqa"`` and ``"family": "multimodal_classifier"``); they differ in the
+data they train on (recipes/tasks.py) and the loss: VQA scores every answer of a vocabulary against soft targets
+with binary cross-entropy, classification picks one class with softmax cross-entropy.
+
+The fusion section says how the modalities meet (seed articles 001 §2–3, 003 §2.3)::
+
+    "fusion": {"level": "early",  "kind": "concat", "dim": 256, "options": {...}}   head(fusion(features))
+    "fusion": {"level": "late",   "combine": "gate"}                                 LateFusion(per-modality heads)
+    "fusion": {"level": "hybrid", "kind": "gated_unit", "dim": 256, "combine": "weighted"}   both
+
+``kind`` is any :func:`polymodal.fusion.build_fusion` kind and ``options`` its options. A model with only an
+``image`` or only a ``text`` section is the single-modality baseline (image-only / question-only VQA): the
+fusion then sees one modality.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from polymodal.encoders.build import build_encoder
+from polymodal.fusion import Fusion, LateFusion, build_fusion
+from polymodal.losses import ClassificationLoss, VQALoss
+from polymodal.models.family import LossOptions, ModelFamily
+from polymodal.typed_config import ConfigError, dataclass_from_mapping
+
+MODALITIES = ("image", "text")
+
+
+@dataclass
+class FusionSection:
+    """The ``fusion`` section of a fusion model's config."""
+
+    level: Literal["early", "late", "hybrid"] = "early"
+    kind: str = "concat"
+    dim: int = field(default=256, metadata={"min": 1})
+    options: dict[str, Any] = field(default_factory=dict)
+    combine: Literal["mean", "weighted", "gate"] = "mean"  # late and hybrid: how branch predictions combine
+
+
+@dataclass
+class FusionModelConfig:
+    """A fusion model's config (a preset's JSON).
+
+    Attributes:
+        num_outputs: answer slots (VQA: the vocabulary's size at most) or classes.
+        answers: VQA only, filled in by training: the answer of every output slot (HF's ``id2label``).
+        class_names: classification only, filled in by training: the name of every class.
+    """
+
+    family: str
+    num_outputs: int = field(metadata={"min": 1})
+    fusion: dict[str, Any]
+    description: str = ""
+    image: dict[str, Any] | None = None
+    text: dict[str, Any] | None = None
+    head_hidden: int | None = field(default=None, metadata={"min": 1})
+    dropout: float = field(default=0.1, metadata={"min": 0, "max": 1})
+    answers: list[str] | None = None
+    class_names: list[str] | None = None
+
+
+def classifier_head(width: int, hidden: int | None, outputs: int, dropout: float) -> nn.Module:
+    """``(B, width) -> (B, outputs)``: a linear layer, or an MLP with one hidden GELU layer (the VQA heads of
+    Anderson et al. 2018 and ViLT)."""
+    if hidden is None:
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(width, outputs))
+    return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.LayerNorm(hidden), nn.Dropout(dropout),
+                         nn.Linear(hidden, outputs))
+
+
+class FusionModel(nn.Module):
+    """``{image, input_ids, attention_mask} → logits (B, num_outputs)`` through encoders, fusion and heads.
+
+    Args:
+        encoders: one encoder per modality present (``"image"``: pixels; ``"text"``: token ids and mask).
+        level: ``"early"``, ``"late"`` or ``"hybrid"`` (see the module docstring).
+        fusion: the feature-level fusion (early and hybrid), None for late.
+        heads: ``"fused"`` (early, hybrid) and one per modality (late, hybrid): each maps its features to logits.
+        late: the decision-level combiner (late, hybrid), None for early.
+        target_key: the batch key of the training targets (``"targets"``: VQA soft scores; ``"labels"``: classes),
+            passed through to the loss.
+    """
+
+    def __init__(
+        self,
+        encoders: dict[str, nn.Module],
+        level: str,
+        fusion: Fusion | None,
+        heads: dict[str, nn.Module],
+        late: LateFusion | None,
+        target_key: str,
+    ) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleDict(encoders)
+        self.level = level
+        self.fusion = fusion
+        self.heads = nn.ModuleDict(heads)
+        self.late = late
+        self.target_key = target_key
+
+    def encode(self, image: torch.Tensor | None, input_ids: torch.Tensor | None,
+               attention_mask: torch.Tensor | None) -> dict[str, Any]:
+        """Each present modality's ``EncoderOutput``."""
+        features = {}
+        if "image" in self.encoders:
+            if image is None:
+                raise ValueError("this model reads images: pass `image`")
+            features["image"] = self.encoders["image"](image)
+        if "text" in self.encoders:
+            if input_ids is None:
+                raise ValueError("this model reads text: pass `input_ids` (and `attention_mask`)")
+            features["text"] = self.encoders["text"](input_ids, attention_mask)
+        return features
+
+    def forward(
+        self,
+        image: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``logits (B, num_outputs)``, plus the batch's ``targets`` or ``labels`` for the loss when given."""
+        features = self.encode(image, input_ids, attention_mask)
+        branch_logits = {}
+        if self.fusion is not None:
+            branch_logits["fused"] = self.heads["fused"](self.fusion(features).fused)
+        if self.late is None:
+            logits = branch_logits["fused"]
+        else:
+            pooled = {name: output.pooled for name, output in features.items()}
+            branch_logits.update({name: self.heads[name](vector) for name, vector in pooled.items()})
+            logits = self.late(branch_logits, pooled if self.late.mode == "gate" else None)
+        output = {"logits": logits}
+        target = targets if self.target_key == "targets" else labels
+        if target is not None:
+            output[self.target_key] = target
+        return output
+
+
+def build_fusion_model(config: dict[str, Any], where: str = "model config", for_loading: bool = False) -> FusionModel:
+    """Build a :class:`FusionModel` from its config (see :class:`FusionModelConfig`)."""
+    spec = dataclass_from_mapping(FusionModelConfig, config, where)
+    section = dataclass_from_mapping(FusionSection, spec.fusion, where, prefix="fusion.")
+    built = {name: build_encoder(name, getattr(spec, name), where) for name in MODALITIES
+             if getattr(spec, name) is not None}
+    if not built:
+        raise ConfigError(f"{where}: a fusion model needs an `image` or a `text` section (or both)")
+    widths = {name: encoder.encoder.width for name, encoder in built.items()}
+    fusion, late, heads = None, None, {}
+    if section.level in ("early", "hybrid"):
+        try:
+            fusion = build_fusion(section.kind, widths, section.dim, **section.options)
+        except ValueError as error:
+            raise ConfigError(f"{where}: fusion: {error}") from None
+        heads["fused"] = classifier_head(section.dim, spec.head_hidden, spec.num_outputs, spec.dropout)
+    if section.level in ("late", "hybrid"):
+        heads.update({name: classifier_head(width, spec.head_hidden, spec.num_outputs, spec.dropout)
+                      for name, width in widths.items()})
+        branches = list(widths) + (["fused"] if fusion is not None else [])
+        late = LateFusion(branches, section.combine, widths if section.combine == "gate" else None)
+    target_key = "targets" if spec.family == VQA.name else "labels"
+    model = FusionModel({name: encoder.encoder for name, encoder in built.items()}, section.level, fusion, heads,
+                        late, target_key)
+    model.config = copy.deepcopy(config)
+    model.preprocess = built["image"].preprocess if "image" in built else None
+    return model
+
+
+def build_vqa_loss(config: dict[str, Any], options: LossOptions) -> nn.Module:
+    return VQALoss()
+
+
+def build_classification_loss(config: dict[str, Any], options: LossOptions) -> nn.Module:
+    return ClassificationLoss(options.label_smoothing)
+
+
+VQA = ModelFamily("vqa", build_fusion_model, build_vqa_loss, task="vqa")
+MULTIMODAL_CLASSIFIER = ModelFamily("multimodal_classifier", build_fusion_model, build_classification_loss,
+                                    task="classification")

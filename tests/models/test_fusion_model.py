@@ -1,0 +1,138 @@
+"""The fusion model families (vqa, multimodal_classifier): every preset and fusion level builds, runs forward and
+backward with gradients reaching every trainable parameter, saves and loads; bad configs are refused clearly."""
+import copy
+
+import pytest
+import torch
+
+from polymodal.factory import create_model, get_model_config, list_models
+from polymodal.fusion import FUSIONS
+from polymodal.losses import ClassificationLoss, VQALoss, vqa_soft_bce
+from polymodal.model_io import load_model, save_model
+from polymodal.models.registry import build_loss
+from polymodal.typed_config import ConfigError
+
+FUSION_PRESETS = [name for name in list_models()
+                  if get_model_config(name)["family"] in ("vqa", "multimodal_classifier")]
+
+
+def _batch(config: dict, batch: int = 3) -> dict[str, torch.Tensor]:
+    out = {}
+    if config.get("image"):
+        size = config["image"]["image_size"]
+        out["image"] = torch.randn(batch, 3, size, size)
+    if config.get("text"):
+        length = config["text"]["context_length"]
+        out["input_ids"] = torch.randint(3, config["text"]["vocab_size"], (batch, length))
+        mask = torch.ones(batch, length, dtype=torch.long)
+        mask[1, length // 3:] = 0
+        out["attention_mask"] = mask
+    if config["family"] == "vqa":
+        out["targets"] = torch.rand(batch, config["num_outputs"]).round()
+    else:
+        out["labels"] = torch.randint(config["num_outputs"], (batch,))
+    return out
+
+
+def _check_all_parameters_get_gradients(config: dict) -> None:
+    """After one SGD step, a second backward reaches every parameter. (At initialisation some gradients are zero
+    by design: the ResNet's residual branches and FiLM's generator start at zero so each block is an identity.)"""
+    torch.manual_seed(0)
+    model = create_model(config).train()
+    batch = _batch(config)
+    loss_fn = build_loss(config)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        output = model(**batch)
+        assert output["logits"].shape == (3, config["num_outputs"])
+        loss_fn(**output).backward()
+        optimizer.step()
+    silent = [name for name, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert not silent, f"no gradient reaches {silent}"
+
+
+def test_the_expected_presets_exist():
+    assert {"vqa-concat-tiny", "vqa-gated-tiny", "vqa-tfn-tiny", "vqa-vilt-tiny", "vqa-coattn-tiny",
+            "vqa-question-only-tiny", "vqa-image-only-tiny", "mm-classifier-tiny"} <= set(FUSION_PRESETS)
+
+
+@pytest.mark.parametrize("name", FUSION_PRESETS)
+def test_preset_forward_backward_reaches_every_parameter(name):
+    _check_all_parameters_get_gradients(get_model_config(name))
+
+
+@pytest.mark.parametrize("kind", sorted(FUSIONS))
+def test_every_fusion_kind_trains_inside_the_model(kind):
+    config = copy.deepcopy(get_model_config("vqa-concat-tiny"))
+    options = {"layers": 1, "heads": 4} if kind in ("cross_attention", "single_stream", "co_attention") else {}
+    config["fusion"] = {"level": "early", "kind": kind, "dim": 64, "options": options}
+    _check_all_parameters_get_gradients(config)
+
+
+@pytest.mark.parametrize("combine", ["mean", "weighted", "gate"])
+@pytest.mark.parametrize("level", ["late", "hybrid"])
+def test_late_and_hybrid_fusion(level, combine):
+    config = copy.deepcopy(get_model_config("vqa-concat-tiny"))
+    config["fusion"] = {"level": level, "kind": "concat", "dim": 64, "combine": combine}
+    model = create_model(config)
+    assert set(model.heads) == ({"image", "text"} | ({"fused"} if level == "hybrid" else set()))
+    assert model.late.branches[-1] == ("fused" if level == "hybrid" else "text")
+    if combine != "mean":
+        _check_all_parameters_get_gradients(config)
+
+
+def test_late_mean_is_the_average_of_the_modality_heads():
+    config = copy.deepcopy(get_model_config("vqa-concat-tiny"))
+    config["fusion"] = {"level": "late", "combine": "mean"}
+    model = create_model(config).eval()
+    batch = _batch(config)
+    features = model.encode(batch["image"], batch["input_ids"], batch["attention_mask"])
+    expected = (model.heads["image"](features["image"].pooled) + model.heads["text"](features["text"].pooled)) / 2
+    torch.testing.assert_close(model(**batch)["logits"], expected)
+
+
+def test_single_modality_baselines_ignore_the_other_input():
+    question_only = create_model("vqa-question-only-tiny").eval()
+    batch = _batch(get_model_config("vqa-question-only-tiny"))
+    with torch.no_grad():
+        logits = question_only(**batch)["logits"]
+        torch.testing.assert_close(question_only(**batch, image=torch.randn(3, 3, 64, 64))["logits"], logits)
+    assert question_only.preprocess is None and "image" not in question_only.encoders
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = create_model("vqa-tfn-tiny").eval()
+    model.config["answers"] = ["yes", "no"]
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m").eval()
+    batch = _batch(model.config)
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch)["logits"], model(**batch)["logits"])
+    assert loaded.config["answers"] == ["yes", "no"]
+
+
+def test_losses_match_their_formulas():
+    logits, targets = torch.tensor([[2.0, -1.0], [0.5, 0.0]]), torch.tensor([[1.0, 1 / 3], [0.0, 2 / 3]])
+    p = torch.sigmoid(logits)
+    per_entry = -(targets * p.log() + (1 - targets) * (1 - p).log())
+    torch.testing.assert_close(vqa_soft_bce(logits, targets), per_entry.sum() / 2)
+    torch.testing.assert_close(VQALoss()(logits, targets), per_entry.sum() / 2)
+    labels = torch.tensor([0, 1])
+    expected = -(logits.log_softmax(-1)[[0, 1], [0, 1]]).mean()
+    torch.testing.assert_close(ClassificationLoss()(logits, labels), expected)
+
+
+def test_bad_configs_are_refused_with_the_key():
+    base = get_model_config("vqa-concat-tiny")
+    with pytest.raises(ConfigError, match="unknown fusion kind 'nope'"):
+        create_model({**base, "fusion": {"kind": "nope"}})
+    with pytest.raises(ConfigError, match="accepts"):
+        create_model({**base, "fusion": {"kind": "concat", "options": {"rank": 3}}})
+    with pytest.raises(ConfigError, match="fusion.level"):
+        create_model({**base, "fusion": {"level": "sideways"}})
+    no_inputs = {key: value for key, value in base.items() if key not in ("image", "text")}
+    with pytest.raises(ConfigError, match="needs an `image` or a `text`"):
+        create_model(no_inputs)
+    with pytest.raises(ConfigError, match="num_outputs"):
+        create_model({**base, "num_outputs": 0})
