@@ -11,6 +11,7 @@ Train a model from a YAML/JSON run config. Sections and their defaults:
   model: clip-tiny                 # a preset (see below) or a full model config mapping
   data:
     train: {name: shapes, split: train, size: 4000}   # a catalog name, a path, a mapping, or a shard directory
+                                   # (VQA models: easy-vqa, shapes, or a folder of VQA v2 questions/annotations)
     val:   {name: shapes, split: val, size: 500}      # null: use val_fraction of train instead
     val_fraction: 0.0
     skip_bad: false                # skip (and count) malformed rows instead of stopping
@@ -22,6 +23,8 @@ Train a model from a YAML/JSON run config. Sections and their defaults:
     local_loss: false  gather_with_grad: false   # CLIP loss across processes, as open_clip's flags
     precision: auto  # auto = bf16 where the device runs it fast, else fp32 (fp16 + loss scaling on old GPUs)
     checkpoint_every: 200  log_every: 10  seed: 0  num_workers: 0  cache_features: true  device: auto
+    compile: false   # torch.compile the model (pays on long GPU runs; the first steps pay the compile)
+    fsdp: false  ddp_bucket_mb: 25.0  ddp_gradient_as_bucket_view: false   # several processes
   out: runs/default
 
 Every key can be overridden: --set train.lr=5e-4 --set model.image.layers=2 --set out=runs/x

@@ -6,6 +6,7 @@ starts with a message that names the key, the value and the file.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,18 @@ from polymodal.typed_config import ConfigError, dataclass_from_mapping
 
 __all__ = ["DataConfig", "OptimConfig", "RunConfig", "load_run_config", "override_run_config", "parse_value",
            "run_config_to_dict"]
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML as users write it: ``lr: 2e-3`` is a number. (PyYAML follows YAML 1.1, where a float needs a dot and a
+    signed exponent, so ``2e-3`` and ``1e4`` would be read as strings.)"""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 @dataclass
@@ -64,6 +77,10 @@ class OptimConfig:
     gather_with_grad: bool = False
     # FSDP2 instead of DDP (several processes): parameters, gradients and optimizer state sharded over ranks.
     fsdp: bool = False
+    # DDP's gradient all-reduce: bucket size in MiB (PyTorch's default 25), and whether gradients live inside the
+    # communication buckets (saves one copy of the gradients per step and their memory).
+    ddp_bucket_mb: float = field(default=25.0, metadata={"above": 0})
+    ddp_gradient_as_bucket_view: bool = False
     cache_features: bool = True  # frozen towers: compute their outputs once and train on the cache
     device: str = "auto"
     # torch.compile the model (Inductor: C++ on CPU, Triton on CUDA). The first steps pay the compile (a minute
@@ -83,13 +100,7 @@ class RunConfig:
 
 def parse_value(text: str) -> Any:
     """``--set`` values are YAML scalars: ``3`` → int, ``1e-3`` → float, ``true`` → bool, ``[1,2]`` → list."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value) if any(c in value for c in ".eE") and value[0].isdigit() else value
-        except ValueError:
-            return value
-    return value
+    return yaml.load(text, Loader=ConfigLoader)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -126,7 +137,7 @@ def load_run_config(
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
         try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            tree = yaml.load(path.read_text(encoding="utf-8"), Loader=ConfigLoader) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML/JSON: {error}") from None
         if not isinstance(tree, dict):

@@ -183,7 +183,9 @@ def _train(config: RunConfig, resume: bool, progress: bool, info: DistInfo, devi
     )
     trained = model  # an FSDP model is sharded in place and trains as itself
     if info.is_distributed and not opt.fsdp:
-        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                          bucket_cap_mb=opt.ddp_bucket_mb,
+                                          gradient_as_bucket_view=opt.ddp_gradient_as_bucket_view)
     if opt.compile:
         trained = torch.compile(trained)  # outside DDP, so Dynamo splits the graph at DDP's gradient buckets
     # An FSDP checkpoint gathers weights and writes shards on every rank, so every rank saves; otherwise rank 0.
