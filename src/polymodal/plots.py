@@ -12,7 +12,7 @@ from PIL import Image  # noqa: E402
 
 from polymodal.train.metrics_log import MetricsLog  # noqa: E402
 
-__all__ = ["plot_search_grid", "plot_training_curve"]
+__all__ = ["plot_grouped_bars", "plot_search_grid", "plot_training_curve"]
 
 
 def plot_training_curve(metrics_jsonl: str | Path, out_png: str | Path) -> Path | None:
@@ -35,7 +35,7 @@ def plot_training_curve(metrics_jsonl: str | Path, out_png: str | Path) -> Path 
         recall_axis = loss_axis.twinx()
         val_steps = sorted(val)
         for key, color in (("val/text_to_image_R@1", "tab:red"), ("val/image_to_text_R@1", "tab:orange"),
-                           ("val/top1", "tab:red")):
+                           ("val/top1", "tab:red"), ("val/vqa_accuracy", "tab:red")):
             if key in val[val_steps[0]]:
                 recall_axis.plot(val_steps, [val[s][key] for s in val_steps], "o-", color=color, label=key[4:])
         recall_axis.set_ylabel("validation score (%)", color="tab:red")
@@ -62,6 +62,30 @@ def plot_search_grid(
                 image, score = hits[column]
                 axis.imshow(image)
                 axis.set_title(f"{score:.3f}", fontsize=8, y=-0.16)
+    out_png = Path(out_png)
+    figure.savefig(out_png)
+    plt.close(figure)
+    return out_png
+
+
+def plot_grouped_bars(
+    values: dict[str, dict[str, float]], out_png: str | Path, title: str, ylabel: str
+) -> Path:
+    """One group of bars per row name (``values[row][column]``), one colour per column, value over each bar."""
+    rows = list(values)
+    columns = list(dict.fromkeys(column for row in values.values() for column in row))
+    width = 0.8 / max(len(columns), 1)
+    figure, axis = plt.subplots(figsize=(max(7.0, 0.55 * len(rows) * max(len(columns), 1)), 4.2), dpi=120)
+    for offset, column in enumerate(columns):
+        positions = [index + (offset - (len(columns) - 1) / 2) * width for index in range(len(rows))]
+        heights = [values[row].get(column, 0.0) for row in rows]
+        bars = axis.bar(positions, heights, width, label=column)
+        axis.bar_label(bars, fmt="%.0f", fontsize=6, padding=1)
+    axis.set_xticks(range(len(rows)), rows, rotation=35, ha="right", fontsize=8)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.legend(fontsize=7, ncols=min(len(columns), 6), loc="lower right")
+    figure.tight_layout()
     out_png = Path(out_png)
     figure.savefig(out_png)
     plt.close(figure)

@@ -68,6 +68,28 @@ def test_eval_json_on_any_pairs_file(workspace):
     assert metrics["text_to_image_R@1"] == pytest.approx(100 * hits / len(captions), abs=1e-6)
 
 
+def test_eval_clusters_image_embeddings_against_the_labels(workspace):
+    pairs = str(workspace / "val" / "pairs.jsonl")
+    done = polymodal("eval", str(workspace / "run"), "--cluster", pairs, "--json")
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads(done.stdout)
+    # The same pipeline by hand: the saved model's unit image embeddings, k-means (k = classes), NMI / ARI.
+    from polymodal.data.catalog import load_dataset
+    from polymodal.metrics.clustering import adjusted_rand_index, kmeans, normalized_mutual_info
+    from polymodal.model_io import load_for_inference
+
+    from polymodal.tasks.embed import embed_images
+
+    loaded = load_for_inference(workspace / "run", device="cpu")
+    dataset = load_dataset(pairs)
+    images = embed_images(loaded.model, dataset, loaded.transform, progress=False)
+    predicted = kmeans(images, len(dataset.class_names), seed=0, restarts=5).labels.tolist()
+    labels = [record.label for record in dataset.records]
+    assert metrics["clusters"] == len(dataset.class_names) > 1
+    assert metrics["cluster_nmi"] == pytest.approx(normalized_mutual_info(labels, predicted), abs=1e-4)
+    assert metrics["cluster_ari"] == pytest.approx(adjusted_rand_index(labels, predicted), abs=1e-4)
+
+
 def test_embed_index_and_search_by_text_and_image(workspace):
     emb, index = workspace / "emb", workspace / "index"
     done = polymodal("embed", str(workspace / "run"), "--data", str(workspace / "val" / "pairs.jsonl"), "--out", str(emb))

@@ -15,8 +15,11 @@ the official VQA accuracy (overall, per question type and per answer type) for a
                     export NAME --format vqa`).
   --zero-shot SPEC  a labelled set (ImageFolder or catalog name such as animal-shapes) for zero-shot
                     top-1/top-5 with prompt ensembling.
+  --cluster SPEC    a labelled set: k-means (k = its number of classes) on the image embeddings, scored
+                    against the labels with NMI and ARI.
 Prints a table, or with --json one JSON object: image_to_text_R@1/5/10, text_to_image_R@1/5/10, median
-ranks, and zero_shot_top1/top5 when asked.
+ranks, zero_shot_top1/top5 and cluster_nmi/ari when asked; for VQA, vqa_accuracy and question_type/* and
+answer_type/* accuracies (the official evaluator's rules).
 """
 
 
@@ -27,6 +30,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", help="pairs to evaluate retrieval on (see above)")
     parser.add_argument("--data-split", dest="data_split", help="split of a named --data set (e.g. test)")
     parser.add_argument("--zero-shot", dest="zero_shot", help="labelled set for zero-shot classification")
+    parser.add_argument("--cluster", help="labelled set for k-means clustering of the image embeddings")
     parser.add_argument("--skip-bad", action="store_true", help="skip and count malformed rows")
     parser.add_argument("--json", action="store_true", help="print metrics as JSON")
     parser.add_argument("--device", default="auto")
@@ -47,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = load_for_inference(args.checkpoint, args.device)
     spec = args.data
-    if spec is None and args.zero_shot is None:
+    if spec is None and args.zero_shot is None and args.cluster is None:
         run_config = run_config_beside(loaded.directory) or {}
         spec = (run_config.get("data") or {}).get("val")
         if spec is None:
@@ -55,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
     metrics: dict[str, float | int | str] = {}
     progress = not args.json
     task = family_of(loaded.model.config).task
-    if task != "contrastive" and args.zero_shot is not None:
-        raise ValueError(f"--zero-shot needs a dual encoder; {loaded.directory} holds a {task} model")
+    if task != "contrastive" and (args.zero_shot is not None or args.cluster is not None):
+        raise ValueError(f"--zero-shot and --cluster need a dual encoder; {loaded.directory} holds a {task} model")
     if spec is not None and args.data_split is not None:
         spec = {"name": spec, "split": args.data_split} if isinstance(spec, str) else {**spec, "split": args.data_split}
     if spec is not None and task == "vqa":
@@ -79,6 +83,12 @@ def run(args: argparse.Namespace) -> int:
         scores = evaluate_zero_shot(loaded.model, loaded.tokenizer, labelled, loaded.transform, progress=progress)
         metrics.update({f"zero_shot_{k}": v for k, v in scores.items()})
         metrics["zero_shot_dataset"] = labelled.name
+    if args.cluster is not None:
+        from polymodal.tasks.clustering import evaluate_clustering
+
+        labelled = load_data_spec(args.cluster, args.skip_bad)
+        metrics.update(evaluate_clustering(loaded.model, labelled, loaded.transform, progress=progress))
+        metrics["cluster_dataset"] = labelled.name
     if args.json:
         print_json(metrics)
     else:

@@ -1,0 +1,153 @@
+"""Every fusion family, trained with the same budget on the same VQA data, plus question-only and image-only
+baselines: official VQA accuracy overall and per question type, parameters, training samples/s and inference
+latency, as a Markdown table and a PNG bar chart.
+
+Each family is the ``vqa-concat-tiny`` preset (ResNet at 32 px + 2-layer text transformer, MLP answer head) with
+only its ``fusion`` section replaced, trained from the same seed for the same number of epochs with the same
+optimizer settings; the baselines drop the ``image`` or the ``text`` section. Accuracy is measured on the
+dataset's held-out split; latency is the median time of one forward pass for one question (batch 1).
+
+    python benchmarks/fusion_compare.py [--datasets easy-vqa shapes] [--epochs 1] [--families concat tensor ...]
+                                        [--out docs]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from polymodal import run_training
+from polymodal.data.vqa import load_vqa_spec
+from polymodal.factory import get_model_config
+from polymodal.plots import plot_grouped_bars
+from polymodal.recipes.config import DataConfig, OptimConfig, RunConfig
+from polymodal.tasks.vqa import evaluate_vqa, question_loader
+from polymodal.train.metrics_log import MetricsLog
+
+ATTENTION = {"layers": 2, "heads": 4, "mlp_ratio": 2.0}
+FAMILIES: dict[str, dict] = {
+    "concat": {"kind": "concat", "dim": 256},
+    "sum": {"kind": "sum", "dim": 256},
+    "gated multiplicative": {"kind": "gated_multiplicative", "dim": 256},
+    "gated additive": {"kind": "gated_additive", "dim": 256},
+    "attention-weighted": {"kind": "attention_weighted", "dim": 256},
+    "GMU": {"kind": "gated_unit", "dim": 256},
+    "tensor (TFN)": {"kind": "tensor", "dim": 256, "options": {"proj_dim": 16}},
+    "low-rank tensor (LMF)": {"kind": "low_rank_tensor", "dim": 256, "options": {"rank": 8}},
+    "bilinear (MLB)": {"kind": "bilinear", "dim": 256, "options": {"rank": 256}},
+    "FiLM": {"kind": "film", "dim": 256},
+    "cross-attention": {"kind": "cross_attention", "dim": 128, "options": ATTENTION},
+    "single-stream (ViLT-like)": {"kind": "single_stream", "dim": 128, "options": ATTENTION},
+    "co-attention (ViLBERT-like)": {"kind": "co_attention", "dim": 128, "options": ATTENTION},
+    "late (gate)": {"level": "late", "combine": "gate"},
+    "hybrid (concat + weighted)": {"level": "hybrid", "kind": "concat", "dim": 256, "combine": "weighted"},
+    "question only": {"kind": "concat", "dim": 256, "drop": "image"},
+    "image only": {"kind": "concat", "dim": 256, "drop": "text"},
+}
+DATASETS = {
+    "easy-vqa": ({"name": "easy-vqa", "split": "train", "size": 2000}, {"name": "easy-vqa", "split": "test"}),
+    "shapes": ({"name": "shapes", "split": "train", "size": 2000}, {"name": "shapes", "split": "test", "size": 500}),
+}
+
+
+def model_config(family: dict) -> dict:
+    config = copy.deepcopy(get_model_config("vqa-concat-tiny"))
+    fusion = {key: value for key, value in family.items() if key != "drop"}
+    config["fusion"] = {"level": "early", **fusion}
+    if "drop" in family:
+        del config[family["drop"]]
+    return config
+
+
+@torch.no_grad()
+def latency_ms(model: torch.nn.Module, batch: dict[str, torch.Tensor], repeats: int = 30) -> float:
+    """Median wall time of one forward pass on one question."""
+    model.eval()
+    single = {key: value[:1] for key, value in batch.items() if key != "targets"}
+    model(**single)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(**single)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def run_family(name: str, family: dict, dataset: str, epochs: int, work: Path) -> dict:
+    train_spec, test_spec = DATASETS[dataset]
+    out = work / f"{dataset}-{name.replace(' ', '_').replace('(', '').replace(')', '')}"
+    config = RunConfig(model=model_config(family), data=DataConfig(train=train_spec, val=None),
+                       train=OptimConfig(epochs=epochs, batch_size=64, lr=2e-3, weight_decay=0.05, warmup_steps=50,
+                                         checkpoint_every=0, log_every=50, precision="fp32", seed=0),
+                       out=str(out))
+    result = run_training(config, progress=False)
+    test_set = load_vqa_spec(test_spec)
+    transform = None
+    if result.model.preprocess is not None:
+        from polymodal.data.transforms import image_transform
+
+        transform = image_transform(result.model.preprocess)
+    report = evaluate_vqa(result.model, test_set, result.tokenizer, transform)
+    first_batch = next(iter(question_loader(test_set, result.model, transform, result.tokenizer, batch_size=1)))
+    speeds = [record["samples_per_s"] for record in MetricsLog(out / "metrics.jsonl").read() if "samples_per_s" in record]
+    return {"family": name, "dataset": dataset, "accuracy": report.overall, "per_type": report.per_question_type,
+            "parameters": sum(p.numel() for p in result.model.parameters()),
+            "train_samples_per_s": statistics.median(speeds), "latency_ms": latency_ms(result.model, first_batch),
+            "epochs": epochs, "questions": report.count}
+
+
+def markdown(rows: list[dict], dataset: str, command: str, threads: int) -> str:
+    types = list(dict.fromkeys(t for row in rows for t in row["per_type"]))
+    header = ["family", "overall", *types, "parameters", "train samples/s", "latency ms"]
+    train_spec = DATASETS[dataset][0]
+    lines = [f"### {dataset}: {rows[0]['questions']} test questions; trained on {train_spec}, "
+             f"{rows[0]['epochs']} epoch(s) each, CPU with {threads} thread(s)", "",
+             "| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+    for row in rows:
+        cells = [row["family"], f"{row['accuracy']:.2f}", *(f"{row['per_type'].get(t, 0):.2f}" for t in types),
+                 f"{row['parameters']:,}", f"{row['train_samples_per_s']:.0f}", f"{row['latency_ms']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\nMade by `{command}`.\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES), metavar="FAMILY")
+    parser.add_argument("--out", default="docs", help="folder for fusion_compare_DATASET.md/.json/.png")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/" + Path(__file__).name + " " + shlex.join(sys.argv[1:])
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as work:
+        for dataset in args.datasets:
+            rows = []
+            for name in args.families:
+                start = time.perf_counter()
+                rows.append(run_family(name, FAMILIES[name], dataset, args.epochs, Path(work)))
+                print(f"{dataset:9} {name:28} accuracy {rows[-1]['accuracy']:6.2f}  "
+                      f"({time.perf_counter() - start:.0f} s)", flush=True)
+            section = markdown(rows, dataset, command.strip(), threads)
+            (out / f"fusion_compare_{dataset}.md").write_text(section, encoding="utf-8")
+            (out / f"fusion_compare_{dataset}.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+            plot_grouped_bars({row["family"]: {"overall": row["accuracy"], **row["per_type"]} for row in rows},
+                              out / f"fusion_compare_{dataset}.png",
+                              f"VQA accuracy by fusion family: {dataset}", "official VQA accuracy (%)")
+            print(section)
+
+
+if __name__ == "__main__":
+    main()
