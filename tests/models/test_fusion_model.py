@@ -136,3 +136,25 @@ def test_bad_configs_are_refused_with_the_key():
         create_model(no_inputs)
     with pytest.raises(ConfigError, match="num_outputs"):
         create_model({**base, "num_outputs": 0})
+
+
+def test_multimodal_classifier_trains_and_evaluates_end_to_end(tmp_path):
+    from polymodal import load_run_config, run_training
+    from tests.run_helpers import read_log
+
+    config = {
+        "model": "mm-classifier-tiny",
+        "data": {"train": {"name": "shapes", "split": "train", "size": 256, "image_size": 32},
+                 "val": {"name": "shapes", "split": "val", "size": 64, "image_size": 32}},
+        "train": {"epochs": 2, "batch_size": 32, "lr": 0.002, "warmup_steps": 2, "checkpoint_every": 0,
+                  "precision": "fp32"},
+        "out": str(tmp_path / "run"),
+    }
+    result = run_training(load_run_config(config), progress=False)
+    val = [record for record in read_log(tmp_path / "run") if "val/top1" in record]
+    assert len(val) == 2 and 0 <= val[-1]["val/top1"] <= 100
+    assert result.model.config["class_names"] == list(result.train_set.class_names)
+    too_few = {**config, "model": {**get_model_config("mm-classifier-tiny"), "num_outputs": 2},
+               "out": str(tmp_path / "small")}
+    with pytest.raises(ValueError, match="set model.num_outputs="):
+        run_training(load_run_config(too_few), progress=False)

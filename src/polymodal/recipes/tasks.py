@@ -122,6 +122,13 @@ class ClassificationTask:
         if context.data.shard_dir is not None:
             raise ValueError("classification runs read their data in memory: data.train cannot be a shard directory")
         self.context = context
+        config, classes = context.model.config, context.data.train_set.class_names
+        if "num_outputs" in config:  # a model whose config says how many classes it scores
+            if config["num_outputs"] < len(classes):
+                raise ValueError(f"model.num_outputs = {config['num_outputs']}, but {context.data.train_set.name} "
+                                 f"has {len(classes)} classes: set model.num_outputs={len(classes)}")
+            if not config.get("class_names"):
+                config["class_names"] = list(classes)  # saved in config.json: what each output means
 
     def train_data(self) -> tuple[Dataset, Collate]:
         context = self.context
