@@ -8,7 +8,7 @@ optimizer settings; the baselines drop the ``image`` or the ``text`` section. Ac
 dataset's held-out split; latency is the median time of one forward pass for one question (batch 1).
 
     python benchmarks/fusion_compare.py [--datasets easy-vqa shapes] [--epochs 1] [--families concat tensor ...]
-                                        [--out docs]
+                                        [--train-size 2000] [--out docs]
 """
 from __future__ import annotations
 
@@ -81,8 +81,18 @@ def latency_ms(model: torch.nn.Module, batch: dict[str, torch.Tensor], repeats: 
     return 1000 * statistics.median(times)
 
 
-def run_family(name: str, family: dict, dataset: str, epochs: int, work: Path) -> dict:
-    train_spec, test_spec = DATASETS[dataset]
+def train_spec_for(dataset: str, train_size: int | None) -> dict:
+    """The dataset's training split, cut to ``train_size`` items (``0`` = the whole split)."""
+    spec = dict(DATASETS[dataset][0])
+    if train_size == 0:
+        spec.pop("size")
+    elif train_size is not None:
+        spec["size"] = train_size
+    return spec
+
+
+def run_family(name: str, family: dict, dataset: str, epochs: int, train_size: int | None, work: Path) -> dict:
+    train_spec, test_spec = train_spec_for(dataset, train_size), DATASETS[dataset][1]
     out = work / f"{dataset}-{name.replace(' ', '_').replace('(', '').replace(')', '')}"
     config = RunConfig(model=model_config(family), data=DataConfig(train=train_spec, val=None),
                        train=OptimConfig(epochs=epochs, batch_size=64, lr=2e-3, weight_decay=0.05, warmup_steps=50,
@@ -101,14 +111,13 @@ def run_family(name: str, family: dict, dataset: str, epochs: int, work: Path) -
     return {"family": name, "dataset": dataset, "accuracy": report.overall, "per_type": report.per_question_type,
             "parameters": sum(p.numel() for p in result.model.parameters()),
             "train_samples_per_s": statistics.median(speeds), "latency_ms": latency_ms(result.model, first_batch),
-            "epochs": epochs, "questions": report.count}
+            "epochs": epochs, "questions": report.count, "train": train_spec}
 
 
 def markdown(rows: list[dict], dataset: str, command: str, threads: int) -> str:
     types = list(dict.fromkeys(t for row in rows for t in row["per_type"]))
     header = ["family", "overall", *types, "parameters", "train samples/s", "latency ms"]
-    train_spec = DATASETS[dataset][0]
-    lines = [f"### {dataset}: {rows[0]['questions']} test questions; trained on {train_spec}, "
+    lines = [f"### {dataset}: {rows[0]['questions']} test questions; trained on {rows[0]['train']}, "
              f"{rows[0]['epochs']} epoch(s) each, CPU with {threads} thread(s)", "",
              "| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
     for row in rows:
@@ -122,6 +131,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--train-size", type=int, help="training items (images or scenes) per dataset; 0 = the "
+                        "whole training split (default: 2000)")
     parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES), metavar="FAMILY")
     parser.add_argument("--out", default="docs", help="folder for fusion_compare_DATASET.md/.json/.png")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -137,7 +148,7 @@ def main() -> None:
             rows = []
             for name in args.families:
                 start = time.perf_counter()
-                rows.append(run_family(name, FAMILIES[name], dataset, args.epochs, Path(work)))
+                rows.append(run_family(name, FAMILIES[name], dataset, args.epochs, args.train_size, Path(work)))
                 print(f"{dataset:9} {name:28} accuracy {rows[-1]['accuracy']:6.2f}  "
                       f"({time.perf_counter() - start:.0f} s)", flush=True)
             section = markdown(rows, dataset, command.strip(), threads)
