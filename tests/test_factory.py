@@ -66,7 +66,7 @@ def test_overrides_and_unknown_names():
     ({"image.layers": "abc"}, r"clip-tiny.json\): image.layers = 'abc': expected an integer"),
     ({"embed_dim": 0}, r"clip-tiny.json\): embed_dim = 0: must be at least 1"),
     ({"loss": "triplet"}, r"loss = 'triplet': expected one of 'clip', 'siglip'"),
-    ({"family": "nope"}, r"family = 'nope' is not a registered model family; known: dual_encoder"),
+    ({"family": "nope"}, r"family = 'nope' is not a registered model family; known: captioner, dual_encoder"),
     ({"text.grad_checkpointing": "yes"}, r"text.grad_checkpointing = 'yes': expected true or false"),
 ])
 def test_config_errors_name_the_key_value_and_preset(override, message):
@@ -88,7 +88,7 @@ def test_missing_keys_are_named():
 def test_presets_are_self_describing():
     for name in list_models():
         config = json.loads((polymodal.factory._preset_files()[name]).read_text(encoding="utf-8"))
-        assert config["family"] in ("dual_encoder", "vqa", "multimodal_classifier"), name
+        assert config["family"] in ("dual_encoder", "vqa", "multimodal_classifier", "captioner"), name
         assert len(config["description"]) > 20, name
         if config["family"] == "dual_encoder":
             assert config["loss"] in ("clip", "siglip"), name

@@ -13,6 +13,7 @@ import pytest
 from polymodal.metrics import (
     CiderDocumentFrequency,
     bleu,
+    caption_scores,
     cider_d,
     cider_document_frequency,
     ptb_tokenize,
@@ -266,3 +267,19 @@ def test_bad_parameters_raise() -> None:
         CiderDocumentFrequency({("a",): 3}, num_images=2)
     with pytest.raises(ValueError, match="num_images"):
         CiderDocumentFrequency({}, num_images=0)
+
+
+def test_caption_scores_tokenizes_raw_captions_then_scores_as_pycocoevalcap() -> None:
+    cands = {1: "A dog's toy, on the GRASS.", 2: "Two cats (sleeping)!", 3: "A red bus."}
+    refs = {1: ["The dog's toy is on the grass.", "A toy."], 2: ["Two cats sleeping on a bed...", "Cats, asleep."],
+            3: ["A red double-decker bus.", "a bus on the street"]}
+    tokenized_refs = {k: [ptb_tokenize(r) for r in v] for k, v in refs.items()}
+    tokenized_res = {k: [ptb_tokenize(c)] for k, c in cands.items()}
+    bleu_expected, _ = Bleu(4).compute_score(tokenized_refs, tokenized_res, verbose=0)
+    scores = caption_scores(cands, refs)
+    assert list(scores) == ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D"]
+    assert [scores[f"BLEU-{k}"] for k in range(1, 5)] == pytest.approx(bleu_expected, rel=1e-9, abs=1e-12)
+    assert scores["ROUGE-L"] == pytest.approx(Rouge().compute_score(tokenized_refs, tokenized_res)[0], rel=1e-9)
+    assert scores["CIDEr-D"] == pytest.approx(Cider().compute_score(tokenized_refs, tokenized_res)[0], rel=1e-9)
+    with pytest.raises(ValueError, match="no candidate"):
+        caption_scores({1: "a dog"}, refs)

@@ -45,6 +45,22 @@ class TextTokenizer:
         self.tokenizer.enable_truncation(max_length=context_length)
 
     @property
+    def bos_id(self) -> int:
+        """The id that starts a text (``<bos>``, or BERT's ``[CLS]``)."""
+        return self._special_id(BOS, "[CLS]")
+
+    @property
+    def eos_id(self) -> int:
+        """The id that ends a text (``<eos>``, or BERT's ``[SEP]``)."""
+        return self._special_id(EOS, "[SEP]")
+
+    def _special_id(self, *names: str) -> int:
+        for name in names:
+            if (token_id := self.tokenizer.token_to_id(name)) is not None:
+                return token_id
+        raise ValueError(f"the tokenizer has none of the special tokens {', '.join(names)}")
+
+    @property
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
 

@@ -3,6 +3,7 @@ accuracy, clustering (NMI, ARI, k-means), and captioning (BLEU, ROUGE-L, CIDEr-D
 from polymodal.metrics.caption import (
     CiderDocumentFrequency,
     bleu,
+    caption_scores,
     cider_d,
     cider_document_frequency,
     ptb_tokenize,
@@ -19,6 +20,7 @@ __all__ = [
     "VQAReport",
     "adjusted_rand_index",
     "bleu",
+    "caption_scores",
     "chance_recall",
     "cider_d",
     "cider_document_frequency",

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CiderDocumentFrequency", "bleu", "cider_d", "cider_document_frequency", "ptb_tokenize", "rouge_l"]
+__all__ = ["CiderDocumentFrequency", "bleu", "caption_scores", "cider_d", "cider_document_frequency", "ptb_tokenize",
+           "rouge_l"]
 
 # pycocoevalcap's PUNCTUATIONS. The jar lower-cases *after* escaping brackets, so its upper-case "-LRB-" entries
 # never match and brackets survive as "-lrb-", "-rsb-" ...
@@ -346,3 +347,19 @@ def cider_d(candidates: Mapping[Hashable, str], references: Mapping[Hashable, Se
     np.add.at(per_image, ref_image, similarity)
     scores = per_image.mean(axis=1) / num_refs * 10.0
     return float(scores.mean()), scores.tolist()
+
+
+def caption_scores(candidates: Mapping[Hashable, str],
+                   references: Mapping[Hashable, Sequence[str]]) -> dict[str, float]:
+    """The captioning metrics the field reports, on raw captions (PTB-tokenised here, as pycocoevalcap's
+    ``COCOEvalCap`` does before scoring): ``BLEU-1`` .. ``BLEU-4``, ``ROUGE-L`` and ``CIDEr-D``.
+
+    METEOR and SPICE are not computed: both need Java and pycocoevalcap's GPL jars.
+    """
+    cands, refs = _validated(candidates, references, tokenize=True)
+    keys = list(references)
+    cands_by_key, refs_by_key = dict(zip(keys, cands)), dict(zip(keys, refs))
+    scores = {f"BLEU-{k}": value for k, value in enumerate(bleu(cands_by_key, refs_by_key), start=1)}
+    scores["ROUGE-L"] = rouge_l(cands_by_key, refs_by_key)
+    scores["CIDEr-D"] = cider_d(cands_by_key, refs_by_key)[0]
+    return scores

@@ -19,8 +19,10 @@ __all__ = ["TASK_NAMES", "LossOptions", "ModelFamily", "Task"]
 #   "classification" labelled images (+ captions) → batch {image, input_ids, attention_mask, labels}; accuracy
 #   "vqa"            questions about images → batch {image, input_ids, attention_mask, targets (soft scores)};
 #                    the official VQA accuracy, overall and per question / answer type
-Task = Literal["contrastive", "classification", "vqa"]
-TASK_NAMES: tuple[str, ...] = ("contrastive", "classification", "vqa")
+#   "captioning"     images with reference captions → batch {image, input_ids, attention_mask} (teacher forcing)
+#                    or {image, image_index} (self-critical sampling); BLEU-1..4, ROUGE-L, CIDEr-D
+Task = Literal["contrastive", "classification", "vqa", "captioning"]
+TASK_NAMES: tuple[str, ...] = ("contrastive", "classification", "vqa", "captioning")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from polymodal.models.captioner import CAPTIONER
 from polymodal.models.dual_encoder import DUAL_ENCODER
 from polymodal.models.family import TASK_NAMES, LossOptions, ModelFamily, Task
 from polymodal.models.fusion_model import MULTIMODAL_CLASSIFIER, VQA
@@ -20,7 +21,8 @@ __all__ = ["build_loss", "build_model", "family_of", "list_families", "register_
 # Configs saved before families existed hold a dual encoder and no "family" key.
 DEFAULT_FAMILY = DUAL_ENCODER.name
 
-_FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (DUAL_ENCODER, VQA, MULTIMODAL_CLASSIFIER)}
+_FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (DUAL_ENCODER, VQA, MULTIMODAL_CLASSIFIER,
+                                                                        CAPTIONER)}
 
 
 def register_family(

@@ -86,11 +86,18 @@ class OptimConfig:
     # torch.compile the model (Inductor: C++ on CPU, Triton on CUDA). The first steps pay the compile (a minute
     # or more for a small CLIP on 2 CPU cores; see the README's performance section), so it pays only on long runs.
     compile: bool = False
+    # Captioning: self-critical sequence training (Rennie et al. 2017) instead of cross-entropy, usually starting
+    # from a cross-entropy-trained captioner (`model: runs/NAME`). Samples per image, and the reward baseline:
+    # the greedy caption's CIDEr-D ("greedy") or the mean of the image's other samples ("mean").
+    scst: bool = False
+    scst_samples: int = field(default=5, metadata={"min": 1})
+    scst_baseline: Literal["greedy", "mean"] = "greedy"
 
 
 @dataclass
 class RunConfig:
-    """Everything ``polymodal train`` needs. ``model`` is a preset name or a full model config dict."""
+    """Everything ``polymodal train`` needs. ``model`` is a preset name, a full model config dict, or the directory
+    of a saved model or run to start from (its weights and tokenizer, with a fresh optimizer: fine-tuning)."""
 
     model: Any = "clip-tiny"
     data: DataConfig = field(default_factory=DataConfig)
@@ -182,8 +189,9 @@ def _run_config_from_tree(tree: dict[str, Any], where: str) -> RunConfig:
         raise ConfigError(f"{where}: unknown section {unknown[0]}; known: data, model, out, train")
     model = tree.get("model", "clip-tiny")
     if not isinstance(model, (str, dict)):
-        raise ConfigError(f"{where}: model = {model!r}: expected a preset name or a model config mapping")
-    if isinstance(model, str):
+        raise ConfigError(f"{where}: model = {model!r}: expected a preset name, a saved model's directory or a "
+                          "model config mapping")
+    if isinstance(model, str) and not Path(model).is_dir():
         get_model_config(model)  # an unknown preset stops here, with the list of known ones
     out = tree.get("out", "runs/default")
     if not isinstance(out, (str, Path)) or not str(out):

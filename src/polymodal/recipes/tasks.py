@@ -4,6 +4,8 @@
   retrieval R@K on the validation set.
 - ``classification``: labelled images with their captions; scored by top-1/top-5 accuracy.
 - ``vqa``: questions about images with their annotators' answers; scored by the official VQA accuracy.
+- ``captioning``: images with reference captions; teacher-forced captions (or, with ``train.scst``, the images
+  alone for self-critical sampling); scored by BLEU-1..4, ROUGE-L and CIDEr-D.
 
 Each task builds the training dataset + collate and the per-epoch evaluator from one :class:`RunContext`.
 """
@@ -31,14 +33,16 @@ from polymodal.data.shards import CaptionPairStream
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.data.transforms import image_transform
 from polymodal.distributed import DistInfo, barrier, main_rank_first
+from polymodal.losses.captioning import SCSTLoss
 from polymodal.recipes.config import RunConfig
 from polymodal.recipes.data import RunData
 from polymodal.recipes.frozen_towers import evaluate_cached, has_frozen_towers, tower_features
+from polymodal.tasks.captioning import CiderReward, ImageIndexDataset, collate_image_index, evaluate_captioning
 from polymodal.tasks.classification import evaluate_classification, labelled_loader
 from polymodal.tasks.retrieval import evaluate_retrieval
 from polymodal.tasks.vqa import evaluate_vqa, vqa_metrics
 
-__all__ = ["ClassificationTask", "ContrastiveTask", "RunContext", "TASKS", "VQATask"]
+__all__ = ["CaptioningTask", "ClassificationTask", "ContrastiveTask", "RunContext", "TASKS", "VQATask"]
 
 Collate = Callable[[list[Any]], dict[str, torch.Tensor]]
 Evaluator = Callable[[nn.Module], dict[str, float]]
@@ -180,8 +184,60 @@ class VQATask:
             trained, val_set, context.tokenizer, self.transform, context.config.train.batch_size)))
 
 
-TASKS: dict[str, type[ContrastiveTask] | type[ClassificationTask] | type[VQATask]] = {
+class CaptioningTask:
+    """Images with reference captions.
+
+    Cross-entropy training sees each image once per epoch with one of its captions (drawn per epoch, as the
+    contrastive task). With ``train.scst`` it sees each image once per epoch alone: the model samples
+    ``train.scst_samples`` captions and the loss (:class:`~polymodal.losses.captioning.SCSTLoss`) rewards them
+    with CIDEr-D against the image's references, document frequencies from all training references.
+    The tokenizer's special ids go into the model's config, so generation knows where captions start and end.
+    """
+
+    def __init__(self, context: RunContext) -> None:
+        if context.data.shard_dir is not None:
+            raise ValueError("captioning runs read their data in memory: data.train cannot be a shard directory")
+        self.context = context
+        model, tokenizer = context.model, context.tokenizer
+        if tokenizer.vocab_size > model.decoder.vocab_size:
+            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the decoder only "
+                             f"{model.decoder.vocab_size}: set model.text.vocab_size >= {tokenizer.vocab_size}")
+        special = {"bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id}
+        model.config.update(special)
+        model.bos_id, model.eos_id, model.pad_id = special["bos_id"], special["eos_id"], special["pad_id"]
+        opt = context.config.train
+        model.scst_samples = opt.scst_samples if opt.scst else 0
+
+    def train_data(self) -> tuple[Dataset, Collate]:
+        context = self.context
+        transform = image_transform(context.model.preprocess, train=not context.config.train.scst)
+        if context.config.train.scst:
+            return ImageIndexDataset(context.data.train_set, transform), collate_image_index
+        return (ImageCaptionDataset(context.data.train_set, transform, context.config.train.seed),
+                ImageCaptionCollator(context.tokenizer))
+
+    def training_loss(self, loss: nn.Module) -> nn.Module:
+        """The family's cross-entropy, or SCST's policy gradient with a CIDEr-D reward under ``train.scst``."""
+        context = self.context
+        if not context.config.train.scst:
+            return loss
+        references = [record.captions for record in context.data.train_set.records]
+        return SCSTLoss(CiderReward(references, context.tokenizer.decode), context.config.train.scst_baseline)
+
+    def evaluator(self) -> Evaluator:
+        """BLEU-1..4, ROUGE-L and CIDEr-D of greedy captions of the validation images (beam search is the
+        model's default for ``eval`` and ``caption``; greedy keeps per-epoch evaluation cheap)."""
+        context, val_set = self.context, self.context.data.val_set
+        if val_set is None:
+            return _on_evaluating_ranks(context, None)
+        transform = image_transform(context.model.preprocess)
+        return _on_evaluating_ranks(context, lambda trained: evaluate_captioning(
+            trained, val_set, context.tokenizer, transform, context.config.train.batch_size, method="greedy").scores)
+
+
+TASKS: dict[str, type[ContrastiveTask] | type[ClassificationTask] | type[VQATask] | type[CaptioningTask]] = {
     "contrastive": ContrastiveTask,
     "classification": ClassificationTask,
     "vqa": VQATask,
+    "captioning": CaptioningTask,
 }

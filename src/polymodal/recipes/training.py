@@ -30,7 +30,7 @@ from polymodal.encoders.build import build_tokenizer
 from polymodal.factory import get_model_config, preset_where
 from polymodal.models.family import LossOptions
 from polymodal.models.registry import DEFAULT_FAMILY, build_model, family_of
-from polymodal.model_io import load_model, load_model_config, load_tokenizer
+from polymodal.model_io import load_model, load_model_config, load_tokenizer, resolve_model_dir
 from polymodal.io import clean_leftovers, output_directory, write_bytes
 from polymodal.precision import resolve_precision
 from polymodal.recipes.config import RunConfig, run_config_to_dict
@@ -53,13 +53,25 @@ from polymodal.train.metrics_log import MetricsLog
 from polymodal.train.optim import create_optimizer
 from polymodal.train.schedule import warmup_cosine
 
-__all__ = ["TrainResult", "model_config_of", "run_training"]
+__all__ = ["TrainResult", "model_config_of", "pretrained_dir", "run_training"]
 
 log = logging.getLogger("polymodal")
 
 
+def pretrained_dir(config: RunConfig) -> Path | None:
+    """The model (or run) directory the run starts from, when ``model`` names one rather than a preset:
+    fine-tuning, e.g. self-critical training of a captioner trained with cross-entropy."""
+    if isinstance(config.model, str) and Path(config.model).is_dir():
+        return resolve_model_dir(config.model)
+    return None
+
+
 def model_config_of(config: RunConfig) -> tuple[dict[str, Any], str]:
-    """The run's model config and how errors name it (the preset file, or the run config's ``model``)."""
+    """The run's model config and how errors name it (the preset file, the starting model's ``config.json``, or
+    the run config's ``model``)."""
+    start = pretrained_dir(config)
+    if start is not None:
+        return load_model_config(start), str(start / "config.json")
     if isinstance(config.model, str):
         return get_model_config(config.model), preset_where(config.model)
     return copy.deepcopy(config.model), "run config model"
@@ -108,15 +120,17 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
 
 
 def _build_model(config: RunConfig, device: torch.device, resume_from: Path | None) -> nn.Module:
-    if resume_from is not None:
-        return load_model(resume_from, device=device)
+    saved = resume_from or pretrained_dir(config)
+    if saved is not None:
+        return load_model(saved, device=device)
     return build_model(*model_config_of(config)).to(device)
 
 
-def _build_tokenizer(model: nn.Module, corpus: Any, info: DistInfo, resume_from: Path | None) -> TextTokenizer | None:
-    """The saved tokenizer on resume; else, for a model that reads text, its text tower's tokenizer."""
-    if resume_from is not None:
-        return load_tokenizer(resume_from)
+def _build_tokenizer(model: nn.Module, corpus: Any, info: DistInfo, saved: Path | None) -> TextTokenizer | None:
+    """The saved model's tokenizer (on resume, or when starting from a saved model); else, for a model that
+    reads text, its text tower's tokenizer."""
+    if saved is not None:
+        return load_tokenizer(saved)
     if model.config.get("text") is None:
         return None
     # Rank 0 builds it, the others receive it: all ranks must share one vocabulary.
@@ -139,7 +153,7 @@ def _train(config: RunConfig, resume: bool, progress: bool, info: DistInfo, devi
     model = _build_model(config, device, resume_from)  # first: a bad model config stops before data is read
     family = family_of(model.config)
     data = load_run_data(config.data, opt.seed, questions=family.task == "vqa")
-    tokenizer = _build_tokenizer(model, data.captions, info, resume_from)
+    tokenizer = _build_tokenizer(model, data.captions, info, resume_from or pretrained_dir(config))
     if info.is_main:
         write_bytes(out / "run_config.yaml", yaml.safe_dump(run_config_to_dict(config), sort_keys=False).encode("utf-8"))
 
@@ -191,6 +205,8 @@ def _train(config: RunConfig, resume: bool, progress: bool, info: DistInfo, devi
     # An FSDP checkpoint gathers weights and writes shards on every rank, so every rank saves; otherwise rank 0.
     saves = info.is_main or opt.fsdp
     loss = family.build_loss(model.config, LossOptions(opt.label_smoothing, opt.local_loss, opt.gather_with_grad))
+    if hasattr(task, "training_loss"):  # a task whose training objective depends on its data (SCST's reward)
+        loss = task.training_loss(loss)
     position = fit(
         trained, loader, loss, optimizer, scheduler, settings, opt.epochs, position=position, scaler=scaler,
         log=MetricsLog(out / "metrics.jsonl") if info.is_main else None,
@@ -239,7 +255,7 @@ def _refuse_model_change(config: RunConfig, checkpoint: Path) -> None:
     wanted = {"family": DEFAULT_FAMILY, **model_config_of(config)[0]}
     saved = {"family": DEFAULT_FAMILY, **load_model_config(checkpoint)}
     # Training fills in what the data decides (a VQA model's answer list): not a change of model.
-    filled_by_training = ("description", "answers", "class_names")
+    filled_by_training = ("description", "answers", "class_names", "bos_id", "eos_id", "pad_id")
     changed = sorted(key for key in set(_flat(wanted)) | set(_flat(saved))
                      if key.split(".")[0] not in filled_by_training and _flat(wanted).get(key) != _flat(saved).get(key))
     if changed:
