@@ -61,7 +61,10 @@ def _random_corpus(seed: int, images: int = 200) -> Corpus:
     return {key: sentence() for key in refs}, refs
 
 
-CORPORA = [pytest.param(HAND_CORPUS, id="hand"), pytest.param(_random_corpus(0), id="random-200")]
+# An untrained captioner's captions: not one n-gram in common with the references.
+NO_OVERLAP = ({"a": "zebra zebra", "b": "x"}, {"a": ["a red circle", "the red circle"], "b": ["a blue square"]})
+CORPORA = [pytest.param(HAND_CORPUS, id="hand"), pytest.param(_random_corpus(0), id="random-200"),
+           pytest.param(NO_OVERLAP, id="no-overlap")]
 
 
 def _res(cands: dict[str, str]) -> dict[str, list[str]]:

@@ -338,7 +338,7 @@ def cider_d(candidates: Mapping[Hashable, str], references: Mapping[Hashable, Se
     numerator = np.bincount(cell[is_ref][hit] - images * n, overlap, minlength=(len(image_of) - images) * n)
     ref_image = image_of[images:]
     denominator = norm[ref_image] * norm[images:]
-    numerator = numerator.reshape(-1, n)
+    numerator = numerator.reshape(-1, n).astype(np.float64)  # bincount of no overlap at all gives int64 zeros
     similarity = np.divide(numerator, denominator, out=numerator.copy(), where=denominator != 0)
     bigrams = np.maximum(table.lengths - 1, 0).astype(np.float64)
     delta = bigrams[ref_image] - bigrams[images:]
