@@ -1,26 +1,17 @@
 """Every verb end to end, in the order a user runs them, on data exported from the generated world."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-
-def polymodal(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "polymodal.cli", *args], capture_output=True, text=True,
-                          timeout=600, cwd=cwd)
+from tests.run_helpers import export_splits, polymodal_cli as polymodal, train_with_cli
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_model_config) -> Path:
     root = tmp_path_factory.mktemp("cli")
-    for split, size in (("train", 512), ("val", 96)):
-        done = polymodal("data", "export", "shapes", "--split", split, "--size", str(size), "--to",
-                         str(root / split), "--format", "jsonl")
-        assert done.returncode == 0, done.stderr
+    export_splits("shapes", root, {"train": 512, "val": 96}, "jsonl")
     config = {
         "model": tiny_model_config,
         "data": {"train": str(root / "train" / "pairs.jsonl"), "val": str(root / "val" / "pairs.jsonl")},
@@ -28,9 +19,7 @@ def workspace(tmp_path_factory, tiny_model_config) -> Path:
                   "precision": "fp32"},
         "out": str(root / "run"),
     }
-    (root / "run.yaml").write_text(yaml.safe_dump(config))
-    done = polymodal("train", str(root / "run.yaml"), "--set", "train.epochs=3", "--no-progress")
-    assert done.returncode == 0, done.stderr
+    train_with_cli(root, config, "--set", "train.epochs=3")
     return root
 
 

@@ -1,26 +1,18 @@
 """VQA from the command line: export a VQA v2 folder, train on it, `eval` with per-type accuracy, `vqa` answers."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.run_helpers import export_splits, polymodal_cli as polymodal, train_with_cli
 
 pytestmark = pytest.mark.slow  # the module trains a VQA model once (~1 min on 2 cores)
-
-
-def polymodal(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "polymodal.cli", *args], capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def vqa_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("vqa")
-    for split, size in (("train", 400), ("test", 40)):
-        done = polymodal("data", "export", "easy-vqa", "--split", split, "--size", str(size), "--to",
-                         str(root / "evqa" / split), "--format", "vqa")
-        assert done.returncode == 0, done.stderr
+    export_splits("easy-vqa", root / "evqa", {"train": 400, "test": 40}, "vqa")
     config = {
         "model": "vqa-concat-tiny",
         "data": {"train": str(root / "evqa" / "train"), "val": str(root / "evqa" / "test")},
@@ -28,9 +20,7 @@ def vqa_run(tmp_path_factory) -> Path:
                   "log_every": 5, "precision": "fp32"},
         "out": str(root / "run"),
     }
-    (root / "run.yaml").write_text(yaml.safe_dump(config))
-    done = polymodal("train", str(root / "run.yaml"), "--no-progress")
-    assert done.returncode == 0, done.stderr
+    train_with_cli(root, config)
     return root
 
 

@@ -1,4 +1,5 @@
-"""Pieces several verbs share: reading the run config beside a checkpoint, printing JSON."""
+"""Pieces several verbs share: reading the run config beside a checkpoint, loading a model for one task,
+printing JSON."""
 from __future__ import annotations
 
 import json
@@ -19,3 +20,16 @@ def run_config_beside(checkpoint: Path) -> dict[str, Any] | None:
 
 def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
+
+
+def load_task_model(checkpoint: str, device: str, task: str, verb: str, noun: str):
+    """``load_for_inference(checkpoint, device)``, refused with a one-line error unless the model's family
+    serves ``task``: "``polymodal VERB`` needs a NOUN"."""
+    from polymodal.model_io import load_for_inference
+    from polymodal.models.registry import family_of
+
+    loaded = load_for_inference(checkpoint, device)
+    held = family_of(loaded.model.config).task
+    if held != task:
+        raise ValueError(f"{loaded.directory} holds a {held} model; `polymodal {verb}` needs a {noun}")
+    return loaded

@@ -8,7 +8,7 @@ import sys
 
 from polymodal import __version__
 
-VERBS = ("quickstart", "train", "eval", "vqa", "embed", "index", "search", "data")
+VERBS = ("quickstart", "train", "eval", "vqa", "caption", "embed", "index", "search", "data")
 
 DESCRIPTION = """\
 polymodal: build, train, evaluate and search multimodal (image-text) models.
@@ -19,6 +19,7 @@ typical session:
   polymodal train my_run.yaml --set train.epochs=5
   polymodal eval runs/my_run --data pairs.jsonl --json
   polymodal vqa runs/my_vqa --image shape.png --question "what color is the shape?"
+  polymodal caption runs/my_captioner photo.png --beam 5
   polymodal embed runs/my_run --data photos/ --out emb
   polymodal index build emb --out my_index
   polymodal search "a red circle left of a blue square" --index my_index
@@ -26,7 +27,7 @@ typical session:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from polymodal.cli import data, embed, evaluate, index, quickstart, search, train, vqa
+    from polymodal.cli import caption, data, embed, evaluate, index, quickstart, search, train, vqa
 
     parser = argparse.ArgumentParser(
         prog="polymodal", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error (for bug reports); also POLYMODAL_DEBUG=1")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    for module in (quickstart, train, evaluate, vqa, embed, index, search, data):
+    for module in (quickstart, train, evaluate, vqa, caption, embed, index, search, data):
         module.register(verbs)
     return parser
 

@@ -25,21 +25,16 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from polymodal.cli.common import print_json
+    from polymodal.cli.common import load_task_model, print_json
     from polymodal.cli.report import print_table
     from polymodal.data.records import open_image_file
-    from polymodal.model_io import load_for_inference
-    from polymodal.models.registry import family_of
     from polymodal.tasks.vqa import answer_question
 
     if args.k < 1:
         raise ValueError(f"-k must be at least 1, got {args.k}")
     if not args.question.strip():
         raise ValueError("--question is empty")
-    loaded = load_for_inference(args.checkpoint, args.device)
-    task = family_of(loaded.model.config).task
-    if task != "vqa":
-        raise ValueError(f"{loaded.directory} holds a {task} model; `polymodal vqa` needs a VQA model")
+    loaded = load_task_model(args.checkpoint, args.device, "vqa", "vqa", "VQA model")
     image = open_image_file(args.image)
     answers = answer_question(loaded.model, loaded.tokenizer, loaded.transform, image, args.question, args.k)
     rows = [{"rank": rank, "answer": answer, "probability": round(probability, 4)}
