@@ -135,6 +135,11 @@ class Fusion(nn.Module):
             if got != (width, width):
                 raise ValueError(f"modality {name!r}: tokens/pooled widths {got}, configured {width}")
 
+    def reads_tokens(self, modality: str) -> bool:
+        """Whether :meth:`fuse` reads ``modality``'s ``tokens``/``mask`` (else only its ``pooled``): what a cache of
+        frozen-tower outputs must keep for it."""
+        return self.uses_tokens
+
     def pooled(self, features: Mapping[str, EncoderOutput]) -> list[torch.Tensor]:
         """The pooled vectors ``(B, D_m)`` in configured order."""
         return [features[name].pooled for name in self.input_dims]

@@ -53,6 +53,10 @@ class FiLMFusion(Fusion):
         nn.init.zeros_(self.film.bias)
         self.proj = nn.Linear(target_dim, dim)
 
+    def reads_tokens(self, modality: str) -> bool:
+        """Only the target's tokens are read; the condition gives its pooled vector."""
+        return modality == self.target
+
     def film_params(self, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(γ, β)``, each ``(B, D_target)``, from the condition's pooled vector ``(B, D_condition)``."""
         delta_gamma, beta = self.film(condition).chunk(2, dim=-1)

@@ -4,9 +4,11 @@
     <bos> w1 … wT ─► CaptionDecoder (causal self-attention, cross-attention to the image tokens, tied output
                      embedding) ─► logits (B, T, V): position t predicts w(t+1)
 
-The family ``captioner`` (presets ``caption-tiny``, ``caption-small``) trains with teacher-forced cross-entropy
-(``CaptionLoss``), or, given ``image_index`` instead of captions, samples captions for self-critical training
-(``SCSTLoss``, run config ``train.scst``). Its ``text`` section describes the decoder and, as every text section,
+The family ``captioner`` (presets ``caption-tiny``, ``caption-small``, ``caption-effnet``) trains with teacher-forced
+cross-entropy (``CaptionLoss``), or, given ``image_index`` instead of captions, samples captions for self-critical
+training (``SCSTLoss``, run config ``train.scst``). A frozen image tower (``"image": {..., "frozen": true}``) may be
+run once ahead of training: every entry point then takes its outputs, ``image_tokens (B, N, F)`` (+
+``image_token_mask``), in place of ``image``. Its ``text`` section describes the decoder and, as every text section,
 the tokenizer (``vocab_size``, ``context_length``: the longest tokenized caption, BOS and EOS included).
 """
 from __future__ import annotations
@@ -75,6 +77,9 @@ class CaptionerConfig:
 class Captioner(nn.Module):
     """``image (B, 3, H, W)`` + ``input_ids`` / ``attention_mask (B, T)`` (``<bos> … <eos>``) → next-token logits.
 
+    Instead of ``image``, every entry point takes ``image_tokens (B, N, F)`` (+ ``image_token_mask (B, N)``): the
+    image tower's outputs, cached when the tower is frozen (:meth:`encode_image` is the one place that chooses).
+
     Args:
         image_encoder: any image encoder (its ``EncoderOutput.tokens`` are the decoder's memory).
         decoder: the :class:`CaptionDecoder`.
@@ -91,28 +96,39 @@ class Captioner(nn.Module):
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         self.scst_samples = 0  # > 0: forward without captions samples this many per image (set by the task)
 
-    def encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The decoder's memory: image tokens ``(B, N, F)`` and their mask."""
+    def encode_image(self, image: torch.Tensor | None = None, image_tokens: torch.Tensor | None = None,
+                     image_token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The decoder's memory: image tokens ``(B, N, F)`` and their mask (None: all real), from pixels through
+        the image tower, or the tower's cached ``image_tokens`` / ``image_token_mask`` as given."""
+        if image_tokens is not None:
+            if image is not None:
+                raise ValueError("pass `image` or its tower outputs `image_tokens`, not both")
+            return image_tokens, image_token_mask
+        if image is None:
+            raise ValueError("the captioner needs `image` or the image tower's outputs `image_tokens`")
         output = self.image_encoder(image)
         return output.tokens, output.mask
 
-    def forward(self, image: torch.Tensor, input_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None,
-                image_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, image: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, image_index: torch.Tensor | None = None,
+                image_tokens: torch.Tensor | None = None,
+                image_token_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Teacher forcing (``input_ids`` given): ``logits (B, T-1, V)`` and ``targets (B, T-1)`` (the next tokens,
         ``-100`` at padding). Self-critical sampling (``image_index`` given, no captions): see
-        :meth:`sample_for_scst`."""
+        :meth:`sample_for_scst`. ``image_tokens`` / ``image_token_mask``: the frozen tower's outputs, for ``image``."""
         if input_ids is None:
             if image_index is None:
                 raise ValueError("pass input_ids (teacher forcing) or image_index (self-critical sampling)")
-            return self.sample_for_scst(image, image_index)
-        memory, memory_mask = self.encode_image(image)
+            return self.sample_for_scst(image, image_index, image_tokens, image_token_mask)
+        memory, memory_mask = self.encode_image(image, image_tokens, image_token_mask)
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         logits = self.decoder(input_ids[:, :-1], memory, memory_mask, mask[:, :-1])
         targets = input_ids[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE)
         return {"logits": logits, "targets": targets}
 
-    def sample_for_scst(self, image: torch.Tensor, image_index: torch.Tensor) -> dict[str, torch.Tensor]:
+    def sample_for_scst(self, image: torch.Tensor | None, image_index: torch.Tensor,
+                        image_tokens: torch.Tensor | None = None,
+                        image_token_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``scst_samples`` captions per image drawn from the model (KV-cached, no gradient), their log-probs
         recomputed with gradient in one teacher-forced pass, and the greedy caption (the SCST baseline).
 
@@ -123,24 +139,24 @@ class Captioner(nn.Module):
         samples = self.scst_samples
         if samples < 1:
             raise ValueError("self-critical sampling needs scst_samples >= 1 (set by a run with train.scst)")
-        memory, memory_mask = self.encode_image(image)
-        B, max_length = image.shape[0], self.max_new_tokens()
-        rows = torch.arange(B, device=image.device).repeat_interleave(samples)
+        memory, memory_mask = self.encode_image(image, image_tokens, image_token_mask)
+        B, max_length, device = memory.shape[0], self.max_new_tokens(), memory.device
+        rows = torch.arange(B, device=device).repeat_interleave(samples)
         with torch.no_grad():
             detached = memory.detach()
             cache = self.decoder.init_cache(detached, memory_mask).reorder(rows)
             drawn = sample(self.decoder.step, cache, B * samples, **self._special_ids(), max_length=max_length,
-                           min_length=1, device=image.device)
+                           min_length=1, device=device)
             best = greedy(self.decoder.step, self.decoder.init_cache(detached, memory_mask), B,
-                          **self._special_ids(), max_length=max_length, min_length=1, device=image.device)
-        sample_ids, sample_mask = self._padded(drawn.sequences, with_eos=True, device=image.device)
-        inputs = torch.cat([torch.full((B * samples, 1), self.bos_id, device=image.device), sample_ids[:, :-1]], 1)
+                          **self._special_ids(), max_length=max_length, min_length=1, device=device)
+        sample_ids, sample_mask = self._padded(drawn.sequences, with_eos=True, device=device)
+        inputs = torch.cat([torch.full((B * samples, 1), self.bos_id, device=device), sample_ids[:, :-1]], 1)
         logits = self.decoder(inputs.clamp(min=0), memory[rows],
                               None if memory_mask is None else memory_mask[rows], sample_mask)
         log_probs = logits.float().log_softmax(dim=-1)  # (B·K, L, V)
         chosen = log_probs.gather(2, sample_ids.clamp(min=0)[..., None]).squeeze(2)
         entropy = -(log_probs.exp() * log_probs).sum(dim=-1).detach()
-        greedy_ids, _ = self._padded(best.sequences, with_eos=False, device=image.device)
+        greedy_ids, _ = self._padded(best.sequences, with_eos=False, device=device)
         return {"sample_ids": sample_ids, "sample_log_probs": chosen, "sample_mask": sample_mask,
                 "sample_entropy": entropy, "greedy_ids": greedy_ids, "image_index": image_index}
 
@@ -165,30 +181,33 @@ class Captioner(nn.Module):
         return {"bos_id": self.bos_id, "eos_id": self.eos_id, "pad_id": self.pad_id}
 
     @torch.no_grad()
-    def generate(self, image: torch.Tensor, generator: torch.Generator | None = None,
+    def generate(self, image: torch.Tensor | None = None, generator: torch.Generator | None = None, *,
+                 image_tokens: torch.Tensor | None = None, image_token_mask: torch.Tensor | None = None,
                  **overrides: Any) -> Decoded:
-        """Captions (token ids, without BOS/EOS) for a batch of images with the default decoding settings
-        (``config["generate"]``), any of which ``overrides`` replaces (``method="greedy"``, ``beam_size=5``…)."""
+        """Captions (token ids, without BOS/EOS) for a batch of images (or their cached ``image_tokens``) with the
+        default decoding settings (``config["generate"]``), any of which ``overrides`` replaces
+        (``method="greedy"``, ``beam_size=5``…)."""
         unknown = set(overrides) - set(GenerationSection.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown generation setting(s) {sorted(unknown)}")
         settings = {**self.generation.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
-        memory, memory_mask = self.encode_image(image)
+        memory, memory_mask = self.encode_image(image, image_tokens, image_token_mask)
+        batch, device = memory.shape[0], memory.device
         max_length = settings["max_length"] or self.decoder.max_length - 1
         if max_length >= self.decoder.max_length:
             raise ValueError(f"max_length {max_length} leaves no room for BOS in the decoder's "
                              f"{self.decoder.max_length} positions")
         common = {**self._special_ids(), "max_length": max_length, "min_length": settings["min_length"],
-                  "no_repeat_ngram_size": settings["no_repeat_ngram_size"], "device": image.device}
+                  "no_repeat_ngram_size": settings["no_repeat_ngram_size"], "device": device}
         cache = self.decoder.init_cache(memory, memory_mask, max_length=max_length)
         method = settings["method"]
         if method == "greedy":
-            return greedy(self.decoder.step, cache, image.shape[0], **common)
+            return greedy(self.decoder.step, cache, batch, **common)
         if method == "beam":
-            return beam_search(self.decoder.step, cache, image.shape[0], beam_size=settings["beam_size"],
+            return beam_search(self.decoder.step, cache, batch, beam_size=settings["beam_size"],
                                length_penalty=settings["length_penalty"], **common)
         if method == "sample":
-            return sample(self.decoder.step, cache, image.shape[0], top_k=settings["top_k"], top_p=settings["top_p"],
+            return sample(self.decoder.step, cache, batch, top_k=settings["top_k"], top_p=settings["top_p"],
                           temperature=settings["temperature"], generator=generator, **common)
         raise ValueError(f"method must be greedy, beam or sample, got {method!r}")
 

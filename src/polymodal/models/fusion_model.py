@@ -13,6 +13,10 @@ The fusion section says how the modalities meet (seed articles 001 §2–3, 003 
 ``kind`` is any :func:`polymodal.fusion.build_fusion` kind and ``options`` its options. A model with only an
 ``image`` or only a ``text`` section is the single-modality baseline (image-only / question-only VQA): the
 fusion then sees one modality.
+
+A frozen tower (``"frozen": true`` in its section) may be run once ahead of training: ``forward`` then takes its
+cached outputs instead of pixels or token ids, ``{m}_pooled (B, F)`` and, where the fusion reads tokens
+(:meth:`FusionModel.cached_parts`), ``{m}_tokens (B, N, F)`` + ``{m}_token_mask (B, N)``, for ``m`` = image, text.
 """
 from __future__ import annotations
 
@@ -23,8 +27,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from polymodal.encoders.base import EncoderOutput
 from polymodal.encoders.build import build_encoder
-from polymodal.fusion import Fusion, LateFusion, build_fusion
+from polymodal.fusion import Fusion, LateFusion, build_fusion, pooled_features
 from polymodal.losses import ClassificationLoss, VQALoss
 from polymodal.models.family import LossOptions, ModelFamily
 from polymodal.typed_config import ConfigError, dataclass_from_mapping
@@ -104,18 +109,43 @@ class FusionModel(nn.Module):
         self.late = late
         self.target_key = target_key
 
-    def encode(self, image: torch.Tensor | None, input_ids: torch.Tensor | None,
-               attention_mask: torch.Tensor | None) -> dict[str, Any]:
-        """Each present modality's ``EncoderOutput``."""
+    def cached_parts(self, modality: str) -> tuple[str, ...]:
+        """What a cache of ``modality``'s frozen tower must keep for this model: ``"pooled"`` always (late heads,
+        gates and pooled-vector fusions read it), plus ``"tokens"`` (with their mask) when the fusion reads them."""
+        reads_tokens = self.fusion is not None and self.fusion.reads_tokens(modality)
+        return ("pooled", "tokens") if reads_tokens else ("pooled",)
+
+    def _cached(self, modality: str, tokens: torch.Tensor | None, mask: torch.Tensor | None,
+                pooled: torch.Tensor | None) -> EncoderOutput | None:
+        """A modality's cached tower outputs as its ``EncoderOutput`` (None when none were given)."""
+        if tokens is None and pooled is None:
+            return None
+        if pooled is None:
+            raise ValueError(f"cached {modality} tower outputs need `{modality}_pooled`")
+        if tokens is None:
+            if "tokens" in self.cached_parts(modality):
+                raise ValueError(f"this model's fusion reads {modality} tokens: pass `{modality}_tokens`")
+            return pooled_features({modality: pooled})[modality]  # never read: one token, the pooled vector
+        return EncoderOutput(tokens=tokens, pooled=pooled, mask=mask)
+
+    def encode(self, image: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
+               attention_mask: torch.Tensor | None = None, *, image_tokens: torch.Tensor | None = None,
+               image_token_mask: torch.Tensor | None = None, image_pooled: torch.Tensor | None = None,
+               text_tokens: torch.Tensor | None = None, text_token_mask: torch.Tensor | None = None,
+               text_pooled: torch.Tensor | None = None) -> dict[str, EncoderOutput]:
+        """Each present modality's ``EncoderOutput``: its encoder's, or its frozen tower's cached outputs."""
         features = {}
         if "image" in self.encoders:
-            if image is None:
-                raise ValueError("this model reads images: pass `image`")
-            features["image"] = self.encoders["image"](image)
+            cached = self._cached("image", image_tokens, image_token_mask, image_pooled)
+            if cached is None and image is None:
+                raise ValueError("this model reads images: pass `image` (or its cached `image_pooled`)")
+            features["image"] = cached if cached is not None else self.encoders["image"](image)
         if "text" in self.encoders:
-            if input_ids is None:
-                raise ValueError("this model reads text: pass `input_ids` (and `attention_mask`)")
-            features["text"] = self.encoders["text"](input_ids, attention_mask)
+            cached = self._cached("text", text_tokens, text_token_mask, text_pooled)
+            if cached is None and input_ids is None:
+                raise ValueError("this model reads text: pass `input_ids` (and `attention_mask`), or its cached "
+                                 "`text_pooled`")
+            features["text"] = cached if cached is not None else self.encoders["text"](input_ids, attention_mask)
         return features
 
     def forward(
@@ -125,9 +155,11 @@ class FusionModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        **cached: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        """``logits (B, num_outputs)``, plus the batch's ``targets`` or ``labels`` for the loss when given."""
-        features = self.encode(image, input_ids, attention_mask)
+        """``logits (B, num_outputs)``, plus the batch's ``targets`` or ``labels`` for the loss when given.
+        ``cached``: frozen towers' outputs in place of ``image`` / ``input_ids`` (see :meth:`encode`)."""
+        features = self.encode(image, input_ids, attention_mask, **cached)
         branch_logits = {}
         if self.fusion is not None:
             branch_logits["fused"] = self.heads["fused"](self.fusion(features).fused)

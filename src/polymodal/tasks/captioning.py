@@ -51,13 +51,14 @@ def caption_batches(dataset: ImageTextSet, transform: Callable[[Image.Image], to
 @torch.no_grad()
 def generate_captions(model: nn.Module, tokenizer: TextTokenizer, batches: Iterable[Mapping[str, torch.Tensor]],
                       **generation: Any) -> list[str]:
-    """One caption per image of every batch, decoded to text; ``generation`` overrides the model's defaults
-    (``method``, ``beam_size``, ``max_length``, ...)."""
+    """One caption per image of every batch (``image``, or a frozen tower's cached ``image_tokens``), decoded to
+    text; ``generation`` overrides the model's defaults (``method``, ``beam_size``, ``max_length``, ...)."""
     model.eval()
     device = next(model.parameters()).device
     captions = []
     for batch in batches:
-        decoded = model.generate(batch["image"].to(device), **generation)
+        inputs = {key: value.to(device) for key, value in batch.items() if key != "image_index"}
+        decoded = model.generate(**inputs, **generation)
         captions.extend(tokenizer.decode(ids).strip() for ids in decoded.sequences)
     return captions
 
@@ -76,13 +77,20 @@ class CaptionReport:
 
 
 def evaluate_captioning(model: nn.Module, dataset: ImageTextSet, tokenizer: TextTokenizer,
-                        transform: Callable[[Image.Image], torch.Tensor], batch_size: int = 64,
+                        transform: Callable[[Image.Image], torch.Tensor] | None, batch_size: int = 64,
+                        batches: Iterable[Mapping[str, torch.Tensor]] | None = None,
                         **generation: Any) -> CaptionReport:
-    """Caption every image of ``dataset`` and score the captions against its references."""
+    """Caption every image of ``dataset`` and score the captions against its references.
+
+    ``batches``: the set's images in order as the model reads them, when not its pixels through ``transform``
+    (e.g. a frozen tower's cached ``image_tokens``).
+    """
     missing = [record.key for record in dataset.records if not record.captions]
     if missing:
         raise ValueError(f"{dataset.name}: {len(missing)} images have no reference caption (first: {missing[0]})")
-    generated = generate_captions(model, tokenizer, caption_batches(dataset, transform, batch_size), **generation)
+    if batches is None:
+        batches = caption_batches(dataset, transform, batch_size)
+    generated = generate_captions(model, tokenizer, batches, **generation)
     keys = [record.key for record in dataset.records]
     captions = dict(zip(keys, generated))
     scores = caption_scores(captions, {record.key: list(record.captions) for record in dataset.records})

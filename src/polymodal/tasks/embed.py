@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -38,9 +38,32 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+# What ``encode`` may return to map_images / map_texts: one tensor, or named tensors with one row per input.
+Encoded = torch.Tensor | Mapping[str, torch.Tensor]
+
+
+def _to_host(output: Encoded, count: int, dtype: torch.dtype | None) -> Encoded:
+    """The first ``count`` rows of an encode output on the CPU, floating tensors cast to ``dtype`` (None: kept)."""
+    def host(tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor[:count]
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        return tensor.cpu()
+
+    return {name: host(tensor) for name, tensor in output.items()} if isinstance(output, Mapping) else host(output)
+
+
+def _concat(outputs: list[Encoded]) -> Encoded:
+    if not outputs:
+        return torch.empty(0)
+    if isinstance(outputs[0], Mapping):
+        return {name: torch.cat([output[name] for output in outputs]) for name in outputs[0]}
+    return torch.cat(outputs)
+
+
 @torch.no_grad()
 def map_images(
-    encode: Callable[[torch.Tensor], torch.Tensor],
+    encode: Callable[[torch.Tensor], Encoded],
     dataset: ImageTextSet,
     transform: Callable[[Image.Image], torch.Tensor],
     device: torch.device,
@@ -50,11 +73,15 @@ def map_images(
     progress: bool = True,
     desc: str = "embed images",
     same_shape: bool = False,
-) -> torch.Tensor:
-    """Apply ``encode`` to every image of ``dataset`` in batches; returns ``(N, D)`` float32 on the CPU.
+    dtype: torch.dtype | None = torch.float32,
+) -> Encoded:
+    """Apply ``encode`` to every image of ``dataset`` in batches; returns ``(N, D)`` float32 on the CPU (or, when
+    ``encode`` returns named tensors, a dict of them with N rows each).
 
     ``same_shape``: pad the last, shorter batch to ``batch_size`` (repeating its last image; the extra rows are
     dropped), so that a compiled ``encode`` sees one input shape and never recompiles.
+    ``dtype``: what floating outputs are stored as (None: as ``encode`` returns them), batch by batch, so a
+    16-bit result never exists in float32 whole.
     """
     # A private generator: evaluation in the middle of training must not advance the global RNG.
     loader = DataLoader(_ImageOnly(dataset, transform), batch_size=batch_size, num_workers=num_workers,
@@ -65,8 +92,8 @@ def map_images(
         if same_shape and count < batch_size:
             images = torch.cat([images, images[-1:].expand(batch_size - count, *images.shape[1:])])
         with autocast_context(precision, device):
-            outputs.append(encode(images.to(device))[:count].float().cpu())
-    return torch.cat(outputs) if outputs else torch.empty(0)
+            outputs.append(_to_host(encode(images.to(device)), count, dtype))
+    return _concat(outputs)
 
 
 class InferenceCompiled:
@@ -95,7 +122,7 @@ class InferenceCompiled:
 
 @torch.no_grad()
 def map_texts(
-    encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    encode: Callable[[torch.Tensor, torch.Tensor], Encoded],
     tokenizer: TextTokenizer,
     texts: Sequence[str],
     device: torch.device,
@@ -103,15 +130,19 @@ def map_texts(
     precision: str = "fp32",
     progress: bool = True,
     desc: str = "embed texts",
-) -> torch.Tensor:
-    """Apply ``encode(input_ids, attention_mask)`` to ``texts`` in batches; returns ``(N, D)`` float32 on the CPU."""
+    dtype: torch.dtype | None = torch.float32,
+) -> Encoded:
+    """Apply ``encode(input_ids, attention_mask)`` to ``texts`` in batches; returns ``(N, D)`` float32 on the CPU
+    (or a dict of named tensors, as :func:`map_images`; per-token outputs must then share one length, e.g. the
+    tokenizer's ``context_length``, since batches are padded to their own longest text)."""
     outputs = []
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, file=sys.stderr, dynamic_ncols=True):
         tokens = tokenizer(list(texts[start : start + batch_size]))
         with autocast_context(precision, device):
-            outputs.append(encode(tokens["input_ids"].to(device), tokens["attention_mask"].to(device)).float().cpu())
-    return torch.cat(outputs) if outputs else torch.empty(0)
+            output = encode(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+            outputs.append(_to_host(output, len(tokens["input_ids"]), dtype))
+    return _concat(outputs)
 
 
 def require_embedding(model: torch.nn.Module, method: str) -> None:
@@ -166,10 +197,15 @@ class FeatureCache:
         return digest.hexdigest()[:20]
 
     def get_or_compute(self, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The tensor saved under ``key``, or ``compute()``'s, saved first."""
+        return self.get_or_compute_parts(key, lambda: {"features": compute()})["features"]
+
+    def get_or_compute_parts(self, key: str, compute: Callable[[], Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The named tensors saved under ``key`` (one file), or ``compute()``'s, saved first (atomically)."""
         path = self.directory / f"{key}.safetensors"
         if path.is_file():
-            return load_file(str(path))["features"]
-        features = compute().contiguous()
+            return load_file(str(path))
+        parts = {name: tensor.contiguous() for name, tensor in compute().items()}
         with atomic_path(path) as tmp:
-            save_file({"features": features}, str(tmp))
-        return features
+            save_file(parts, str(tmp))
+        return parts

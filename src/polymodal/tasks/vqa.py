@@ -2,7 +2,7 @@
 it with the official accuracy."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from PIL import Image
@@ -57,10 +57,14 @@ def predict_answers(model: nn.Module, batches, top_k: int = 1) -> list[list[tupl
 def evaluate_vqa(
     model: nn.Module, dataset: ImageTextSet, tokenizer: TextTokenizer | None,
     transform: Callable[[Image.Image], torch.Tensor] | None, batch_size: int = 64,
+    batches: Iterable[Mapping[str, torch.Tensor]] | None = None,
 ) -> VQAReport:
     """The official VQA accuracy of ``model``'s top answer on every question of ``dataset``, overall and per
-    question and answer type."""
-    predictions = predict_answers(model, question_loader(dataset, model, transform, tokenizer, batch_size))
+    question and answer type. ``batches``: the questions in order as the model reads them, when not through
+    :func:`question_loader` (e.g. frozen towers' cached outputs)."""
+    if batches is None:
+        batches = question_loader(dataset, model, transform, tokenizer, batch_size)
+    predictions = predict_answers(model, batches)
     records = dataset.records
     return vqa_report([answers[0][0] for answers in predictions], [record.answers for record in records],
                       [record.question_type or "unknown" for record in records],
