@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from report_setup import start_report
 
 from polymodal import run_training
 from polymodal.data.vqa import load_vqa_spec
@@ -137,11 +137,7 @@ def main() -> None:
     parser.add_argument("--out", default="docs", help="folder for fusion_compare_DATASET.md/.json/.png")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/" + Path(__file__).name + " " + shlex.join(sys.argv[1:])
+    out, command = start_report(args, __file__)
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as work:
         for dataset in args.datasets:
@@ -151,7 +147,7 @@ def main() -> None:
                 rows.append(run_family(name, FAMILIES[name], dataset, args.epochs, args.train_size, Path(work)))
                 print(f"{dataset:9} {name:28} accuracy {rows[-1]['accuracy']:6.2f}  "
                       f"({time.perf_counter() - start:.0f} s)", flush=True)
-            section = markdown(rows, dataset, command.strip(), threads)
+            section = markdown(rows, dataset, command, threads)
             (out / f"fusion_compare_{dataset}.md").write_text(section, encoding="utf-8")
             (out / f"fusion_compare_{dataset}.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
             plot_grouped_bars({row["family"]: {"overall": row["accuracy"], **row["per_type"]} for row in rows},
