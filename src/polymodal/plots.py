@@ -12,7 +12,7 @@ from PIL import Image  # noqa: E402
 
 from polymodal.train.metrics_log import MetricsLog  # noqa: E402
 
-__all__ = ["plot_grouped_bars", "plot_search_grid", "plot_training_curve"]
+__all__ = ["plot_grouped_bars", "plot_search_grid", "plot_training_curve", "plot_two_stage_training"]
 
 
 def plot_training_curve(metrics_jsonl: str | Path, out_png: str | Path) -> Path | None:
@@ -35,10 +35,10 @@ def plot_training_curve(metrics_jsonl: str | Path, out_png: str | Path) -> Path 
         recall_axis = loss_axis.twinx()
         val_steps = sorted(val)
         for key, color in (("val/text_to_image_R@1", "tab:red"), ("val/image_to_text_R@1", "tab:orange"),
-                           ("val/top1", "tab:red"), ("val/vqa_accuracy", "tab:red")):
+                           ("val/top1", "tab:red"), ("val/vqa_accuracy", "tab:red"), ("val/CIDEr-D", "tab:red")):
             if key in val[val_steps[0]]:
                 recall_axis.plot(val_steps, [val[s][key] for s in val_steps], "o-", color=color, label=key[4:])
-        recall_axis.set_ylabel("validation score (%)", color="tab:red")
+        recall_axis.set_ylabel("validation score (%; CIDEr-D x10)", color="tab:red")
         recall_axis.legend(loc="center right", fontsize=8)
     loss_axis.set_title("training curve")
     figure.tight_layout()
@@ -85,6 +85,41 @@ def plot_grouped_bars(
     axis.set_ylabel(ylabel)
     axis.set_title(title)
     axis.legend(fontsize=7, ncols=min(len(columns), 6), loc="lower right")
+    figure.tight_layout()
+    out_png = Path(out_png)
+    figure.savefig(out_png)
+    plt.close(figure)
+    return out_png
+
+
+def plot_two_stage_training(stages: Sequence[tuple[str, str | Path]], score_key: str, reward_key: str | None,
+                            out_png: str | Path, title: str) -> Path:
+    """Runs trained one after another (e.g. cross-entropy, then self-critical) on one time axis: the validation
+    ``score_key`` after each epoch (left), and, for stages that log it, the training ``reward_key`` per log
+    step (right), with a dashed line where each stage starts."""
+    figure, score_axis = plt.subplots(figsize=(8, 4), dpi=120)
+    reward_axis = score_axis.twinx() if reward_key else None
+    offset, colors = 0, ["tab:blue", "tab:red", "tab:green", "tab:purple"]
+    for (name, metrics_jsonl), color in zip(stages, colors):
+        records = MetricsLog(metrics_jsonl).read()
+        val = {r["step"]: r[score_key] for r in records if score_key in r}
+        steps = sorted(val)
+        score_axis.plot([offset + s for s in steps], [val[s] for s in steps], "o-", color=color,
+                        label=f"{name}: validation {score_key}")
+        if reward_axis is not None:
+            rewards = {r["step"]: r[reward_key] for r in records if reward_key in r}
+            if rewards:
+                reward_axis.plot([offset + s for s in sorted(rewards)], [rewards[s] for s in sorted(rewards)],
+                                 color=color, alpha=0.35, label=f"{name}: training {reward_key}")
+        score_axis.axvline(offset, color="gray", linestyle="--", linewidth=0.8)
+        offset += max([r["step"] for r in records], default=0)
+    score_axis.set_xlabel("optimizer step (stages in sequence)")
+    score_axis.set_ylabel(f"validation {score_key}")
+    score_axis.legend(loc="lower right", fontsize=8)
+    if reward_axis is not None:
+        reward_axis.set_ylabel(f"training {reward_key} (mean of samples)")
+        reward_axis.legend(loc="upper left", fontsize=8)
+    score_axis.set_title(title)
     figure.tight_layout()
     out_png = Path(out_png)
     figure.savefig(out_png)

@@ -53,7 +53,7 @@ def _check_all_parameters_get_gradients(config: dict) -> None:
 
 
 def test_the_expected_presets_exist():
-    assert {"vqa-concat-tiny", "vqa-gated-tiny", "vqa-tfn-tiny", "vqa-vilt-tiny", "vqa-coattn-tiny",
+    assert {"vqa-concat-tiny", "vqa-gated-tiny", "vqa-tfn-tiny", "vqa-bilinear-tiny", "vqa-vilt-tiny", "vqa-coattn-tiny",
             "vqa-question-only-tiny", "vqa-image-only-tiny", "mm-classifier-tiny"} <= set(FUSION_PRESETS)
 
 
