@@ -1,8 +1,11 @@
 """Text → token ids, through HF ``tokenizers``.
 
-One wrapper serves both cases a user meets: a byte-level BPE trained on the training captions (from-scratch
-text towers) and a pretrained tower's own ``tokenizer.json`` (MiniLM's WordPiece). Either way the tokenizer is
-saved as ``tokenizer.json`` beside the checkpoint, so a checkpoint always carries the vocabulary it was trained on.
+One wrapper serves every case a user meets: a byte-level BPE trained on the training captions (from-scratch
+text towers), a pretrained tower's own ``tokenizer.json`` (MiniLM's WordPiece) and an imported CLIP
+checkpoint's BPE (``polymodal.interop``). Either way the tokenizer is saved as ``tokenizer.json`` beside the
+checkpoint, so a checkpoint always carries the vocabulary it was trained on. The file also records the padding
+token (the ``tokenizers`` library writes it), which is all that differs between these kinds at run time, so
+reading one back needs no kind recorded beside it.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from polymodal.io import atomic_path
 
 PAD, BOS, EOS, UNK, MASK = "<pad>", "<bos>", "<eos>", "<unk>", "<mask>"
+# OpenAI CLIP's start and end of text (its end token also pads in HF's CLIPTokenizer).
+CLIP_BOS, CLIP_EOS = "<|startoftext|>", "<|endoftext|>"
 
 
 class TextTokenizer:
@@ -29,30 +34,35 @@ class TextTokenizer:
         tokenizer: an HF ``tokenizers.Tokenizer`` whose post-processor adds the special tokens the text tower
             expects (``<bos> … <eos>`` for our BPE, ``[CLS] … [SEP]`` for MiniLM).
         context_length: the longest a tokenized text may be; longer ones are truncated.
+        pad_token: the token that pads; default: the one ``tokenizer`` already pads with (a saved file records
+            it), else ``<pad>`` or ``[PAD]``.
     """
 
-    def __init__(self, tokenizer: Tokenizer, context_length: int) -> None:
+    def __init__(self, tokenizer: Tokenizer, context_length: int, pad_token: str | None = None) -> None:
         if context_length < 2:
             raise ValueError(f"context_length must be >= 2, got {context_length}")
         self.tokenizer = tokenizer
         self.context_length = context_length
-        pad_token = PAD if tokenizer.token_to_id(PAD) is not None else "[PAD]"
+        if pad_token is None and tokenizer.padding is not None:
+            pad_token = tokenizer.padding["pad_token"]
+        if pad_token is None:
+            pad_token = PAD if tokenizer.token_to_id(PAD) is not None else "[PAD]"
         pad_id = tokenizer.token_to_id(pad_token)
         if pad_id is None:
-            raise ValueError("the tokenizer has neither a <pad> nor a [PAD] token")
+            raise ValueError(f"the tokenizer has no padding token {pad_token!r} in its vocabulary")
         self.pad_id = pad_id
         self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token, direction="right")
         self.tokenizer.enable_truncation(max_length=context_length)
 
     @property
     def bos_id(self) -> int:
-        """The id that starts a text (``<bos>``, or BERT's ``[CLS]``)."""
-        return self._special_id(BOS, "[CLS]")
+        """The id that starts a text (``<bos>``, BERT's ``[CLS]`` or CLIP's ``<|startoftext|>``)."""
+        return self._special_id(BOS, "[CLS]", CLIP_BOS)
 
     @property
     def eos_id(self) -> int:
-        """The id that ends a text (``<eos>``, or BERT's ``[SEP]``)."""
-        return self._special_id(EOS, "[SEP]")
+        """The id that ends a text (``<eos>``, BERT's ``[SEP]`` or CLIP's ``<|endoftext|>``)."""
+        return self._special_id(EOS, "[SEP]", CLIP_EOS)
 
     def _special_id(self, *names: str) -> int:
         for name in names:

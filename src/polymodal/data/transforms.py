@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from PIL import Image
@@ -15,11 +16,18 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass(frozen=True)
 class ImagePreprocess:
-    """What an image tower expects: square side in pixels and per-channel mean/std."""
+    """What an image tower expects: square side in pixels and per-channel mean/std.
+
+    Evaluation resizes the shorter side to ``resize_size`` (default: ``image_size``) with ``interpolation``,
+    then centre-crops ``image_size``. Imported checkpoints set all of them from their own processor config
+    (HF's ``CLIPImageProcessor``: bicubic, shortest edge, crop size, mean, std).
+    """
 
     image_size: int
     mean: Sequence[float] = CLIP_MEAN
     std: Sequence[float] = CLIP_STD
+    resize_size: int | None = None
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
 
 
 def image_transform(preprocess: ImagePreprocess, train: bool = False) -> Callable[[Image.Image], torch.Tensor]:
@@ -28,10 +36,13 @@ def image_transform(preprocess: ImagePreprocess, train: bool = False) -> Callabl
     No horizontal flip: captions say "left of" / "right of", and a flip would make them false.
     """
     size = preprocess.image_size
+    interpolation = v2.InterpolationMode(preprocess.interpolation)
     if train:
-        geometry = [v2.RandomResizedCrop(size, scale=(0.85, 1.0), ratio=(0.9, 1.1), antialias=True)]
+        geometry = [v2.RandomResizedCrop(size, scale=(0.85, 1.0), ratio=(0.9, 1.1), interpolation=interpolation,
+                                         antialias=True)]
     else:
-        geometry = [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+        geometry = [v2.Resize(preprocess.resize_size or size, interpolation=interpolation, antialias=True),
+                    v2.CenterCrop(size)]
     return v2.Compose(
         [
             v2.ToImage(),

@@ -1,12 +1,15 @@
 """One modality's config section → a built encoder (and, for images, the preprocessing it expects).
 
 A model config holds one section per modality it uses (``image``, ``text``; later ``audio``), each naming the
-encoder ``type`` and that encoder's constructor arguments, plus three tower options every family honours:
+encoder ``type`` and that encoder's constructor arguments, plus four tower options every family honours:
 
 - ``frozen: true`` locks the tower (:func:`polymodal.encoders.base.freeze`), e.g. a LiT-style pretrained tower;
 - ``grad_checkpointing: true`` recomputes the tower's transformer blocks in the backward pass;
 - ``context_length`` (text): how many tokens the tokenizer pads to (also a constructor argument of the
-  transformer tower, which sizes its position table by it).
+  transformer tower, which sizes its position table by it);
+- ``preprocess`` (image): fields of :class:`~polymodal.data.transforms.ImagePreprocess` that replace the
+  encoder type's defaults, e.g. an imported checkpoint's own ``mean``, ``std``, ``resize_size`` and
+  ``interpolation``.
 
 Keys are checked against the encoder's constructor signature, so a typo or a wrong type is an error that names
 the key and the config, not a ``TypeError`` from deep inside.
@@ -14,7 +17,7 @@ the key and the config, not a ``TypeError`` from deep inside.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from torch import nn
@@ -22,12 +25,12 @@ from torch import nn
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.data.transforms import ImagePreprocess
 from polymodal.encoders.base import freeze
-from polymodal.typed_config import ConfigError, check_call_arguments, check_value
+from polymodal.typed_config import ConfigError, check_call_arguments, check_value, dataclass_from_mapping
 
 __all__ = ["BuiltEncoder", "ENCODER_TYPES", "TOWER_OPTIONS", "build_encoder", "build_tokenizer"]
 
 # Options of the tower around the encoder, not arguments of its constructor.
-TOWER_OPTIONS = ("type", "frozen", "grad_checkpointing")
+TOWER_OPTIONS = ("type", "frozen", "grad_checkpointing", "preprocess")
 
 
 @dataclass
@@ -136,6 +139,8 @@ def build_encoder(modality: str, spec: Mapping[str, Any], where: str = "model co
             check_value(bool, spec[option], f"{modality}.{option}", where)
     arguments = {key: value for key, value in spec.items() if key not in TOWER_OPTIONS}
     built = kinds[kind](arguments, where, f"{modality}.")
+    if "preprocess" in spec:
+        built.preprocess = _override_preprocess(built.preprocess, spec["preprocess"], modality, where)
     if spec.get("grad_checkpointing", False):
         if not hasattr(built.encoder, "set_grad_checkpointing"):
             # The user counts on the memory saving: refusing beats a silent no-op.
@@ -146,6 +151,17 @@ def build_encoder(modality: str, spec: Mapping[str, Any], where: str = "model co
     if spec.get("frozen", False):
         freeze(built.encoder)
     return built
+
+
+def _override_preprocess(default: ImagePreprocess | None, override: Any, modality: str,
+                         where: str) -> ImagePreprocess:
+    """``default`` with the fields a ``preprocess`` section sets, checked like any other config key."""
+    if default is None:
+        raise ConfigError(f"{where}: {modality}.preprocess: {modality} towers read no images")
+    check_value(dict, override, f"{modality}.preprocess", where)
+    merged = dataclass_from_mapping(ImagePreprocess, {**asdict(default), **override}, where, f"{modality}.preprocess.")
+    # Tuples keep the frozen dataclass hashable and equal to one built in code.
+    return replace(merged, mean=tuple(merged.mean), std=tuple(merged.std))
 
 
 def build_tokenizer(text_spec: Mapping[str, Any], corpus: Callable[[], Iterable[str]],

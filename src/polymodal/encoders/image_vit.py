@@ -1,7 +1,10 @@
 """Vision Transformer image encoder (Dosovitskiy et al. 2021), trained from scratch.
 
 Layout and parameter shapes follow timm's ``VisionTransformer`` (class token with its own position
-embedding, pre-norm blocks, final LayerNorm, no pre-norm), so weights map across by renaming keys only.
+embedding, pre-norm blocks, final LayerNorm), so weights map across by renaming keys only. Three options,
+off by default, give OpenAI CLIP's image tower (HF ``CLIPVisionModel``, open_clip's ``VisionTransformer``):
+a LayerNorm before the blocks (``pre_norm``), a bias-free patch projection (``patch_bias=False``) and
+QuickGELU (``act="quick_gelu"``); its ``ln_post`` is our final norm and its class-token pooling is ``pool="cls"``.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import torch
 from torch import nn
 
 from polymodal.encoders.base import EncoderOutput
-from polymodal.layers import LearnedPosEmbed2d, PatchEmbed, SinCosPosEmbed2d, Transformer
+from polymodal.layers import Activation, LearnedPosEmbed2d, PatchEmbed, SinCosPosEmbed2d, Transformer
 
 
 class ViTImageEncoder(nn.Module):
@@ -21,6 +24,9 @@ class ViTImageEncoder(nn.Module):
     LayerNorm. ``pooled`` is the CLS token (``pool="cls"``) or the mean of the patch tokens (``pool="mean"``,
     CLS excluded). Any image size divisible by ``patch_size`` works: learned position embeddings are
     resampled, sin-cos ones recomputed.
+
+    ``pre_norm`` adds a LayerNorm after the position embedding (CLIP's ``ln_pre``); ``patch_bias`` gives the
+    patch projection a bias; ``act`` is the blocks' MLP activation; ``norm_eps`` every LayerNorm's epsilon.
     """
 
     def __init__(
@@ -35,6 +41,10 @@ class ViTImageEncoder(nn.Module):
         pos_embed: Literal["learned", "sincos"] = "learned",
         in_channels: int = 3,
         dropout: float = 0.0,
+        pre_norm: bool = False,
+        patch_bias: bool = True,
+        act: Activation = "gelu",
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if pool not in ("cls", "mean"):
@@ -43,7 +53,7 @@ class ViTImageEncoder(nn.Module):
         self.image_size = image_size  # (H, W) the position table is sized for
         self.width = width
         self.pool = pool
-        self.patch_embed = PatchEmbed(patch_size, in_channels, width)
+        self.patch_embed = PatchEmbed(patch_size, in_channels, width, bias=patch_bias)
         grid_size = self.patch_embed.grid_size(*image_size)
         # Near-zero start (timm): the CLS token begins as "no content" and learns what to gather.
         self.cls_token = nn.Parameter(torch.empty(1, 1, width))
@@ -55,8 +65,10 @@ class ViTImageEncoder(nn.Module):
         else:
             raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {pos_embed!r}")
         self.pos_drop = nn.Dropout(dropout)
-        self.transformer = Transformer(width, layers, heads, mlp_ratio, drop=dropout)
-        self.norm = nn.LayerNorm(width)
+        # Identity when off: adds no parameters, so existing checkpoints keep their keys.
+        self.norm_pre = nn.LayerNorm(width, eps=norm_eps) if pre_norm else nn.Identity()
+        self.transformer = Transformer(width, layers, heads, mlp_ratio, drop=dropout, norm_eps=norm_eps, act=act)
+        self.norm = nn.LayerNorm(width, eps=norm_eps)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations during backward to save memory."""
@@ -67,7 +79,7 @@ class ViTImageEncoder(nn.Module):
         x = self.patch_embed(image)  # (B, N, D)
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
         x = torch.cat([cls, x], dim=1)  # (B, 1 + N, D)
-        x = self.pos_drop(self.pos_embed(x, grid_size))
+        x = self.norm_pre(self.pos_drop(self.pos_embed(x, grid_size)))
         tokens = self.norm(self.transformer(x))  # (B, 1 + N, D)
         pooled = tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
         return EncoderOutput(tokens=tokens, pooled=pooled, mask=None)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from polymodal.encoders.base import EncoderOutput
-from polymodal.layers import Transformer, first_token, last_valid_token, masked_mean
+from polymodal.layers import Activation, Transformer, first_token, last_valid_token, masked_mean
 
 
 class TransformerTextEncoder(nn.Module):
@@ -20,6 +20,12 @@ class TransformerTextEncoder(nn.Module):
     - ``"cls"``: the first token (the tokenizer must put a CLS/BOS there); needs ``causal=False``.
     - ``"eos"``: the last real token. With ``causal=True`` this is CLIP's text tower, where the EOS token is
       the only position that has seen the whole caption.
+    - ``"argmax"``: the position of the largest token id, as OpenAI CLIP and open_clip pool: their end-of-text
+      token is the last id of the vocabulary, so this finds it without an attention mask (open_clip's
+      tokenizer pads with id 0 and returns none).
+
+    ``act`` is the blocks' MLP activation (``"quick_gelu"`` for OpenAI CLIP) and ``norm_eps`` every LayerNorm's
+    epsilon.
 
     Padding must not be attended to, so padded and unpadded copies of a caption give the same ``pooled``.
     """
@@ -33,12 +39,14 @@ class TransformerTextEncoder(nn.Module):
         heads: int = 8,
         mlp_ratio: float = 4.0,
         causal: bool = False,
-        pool: Literal["mean", "cls", "eos"] = "mean",
+        pool: Literal["mean", "cls", "eos", "argmax"] = "mean",
         dropout: float = 0.0,
+        act: Activation = "gelu",
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        if pool not in ("mean", "cls", "eos"):
-            raise ValueError(f"pool must be 'mean', 'cls' or 'eos', got {pool!r}")
+        if pool not in ("mean", "cls", "eos", "argmax"):
+            raise ValueError(f"pool must be 'mean', 'cls', 'eos' or 'argmax', got {pool!r}")
         if causal and pool == "cls":
             # Under a causal mask the first token attends only to itself: it carries no sentence information.
             raise ValueError("pool='cls' with causal=True would pool a token that has seen nothing else")
@@ -55,8 +63,8 @@ class TransformerTextEncoder(nn.Module):
         nn.init.normal_(self.token_embed.weight, std=1.0)
         nn.init.normal_(self.pos_embed, std=0.5)
         self.drop = nn.Dropout(dropout)
-        self.transformer = Transformer(width, layers, heads, mlp_ratio, drop=dropout)
-        self.norm = nn.LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads, mlp_ratio, drop=dropout, norm_eps=norm_eps, act=act)
+        self.norm = nn.LayerNorm(width, eps=norm_eps)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations during backward to save memory."""
@@ -75,6 +83,8 @@ class TransformerTextEncoder(nn.Module):
             pooled = masked_mean(tokens, mask)
         elif self.pool == "cls":
             pooled = first_token(tokens)
-        else:
+        elif self.pool == "eos":
             pooled = last_valid_token(tokens, mask)
+        else:
+            pooled = tokens[torch.arange(tokens.shape[0], device=tokens.device), input_ids.argmax(dim=1)]  # (B, D)
         return EncoderOutput(tokens=tokens, pooled=pooled, mask=mask)

@@ -1,6 +1,6 @@
 """Shared building blocks, one per file: attention, MLP, transformer block, patch/position embedding, pooling."""
 from polymodal.layers.attention import Attention, CrossAttention, make_attn_mask
-from polymodal.layers.mlp import Mlp
+from polymodal.layers.mlp import Activation, Mlp, QuickGELU, make_activation
 from polymodal.layers.patch_embed import PatchEmbed
 from polymodal.layers.pooling import AttentionPool, first_token, last_valid_token, masked_mean
 from polymodal.layers.pos_embed import (
@@ -12,6 +12,7 @@ from polymodal.layers.pos_embed import (
 from polymodal.layers.transformer import Block, Transformer, init_weights
 
 __all__ = [
+    "Activation",
     "Attention",
     "AttentionPool",
     "Block",
@@ -19,11 +20,13 @@ __all__ = [
     "LearnedPosEmbed2d",
     "Mlp",
     "PatchEmbed",
+    "QuickGELU",
     "SinCosPosEmbed2d",
     "Transformer",
     "first_token",
     "init_weights",
     "last_valid_token",
+    "make_activation",
     "make_attn_mask",
     "masked_mean",
     "resample_abs_pos_embed",

@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from polymodal.layers.attention import Attention
-from polymodal.layers.mlp import Mlp
+from polymodal.layers.mlp import Activation, Mlp
 
 
 class Block(nn.Module):
@@ -25,12 +25,13 @@ class Block(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         norm_eps: float = 1e-5,
+        act: Activation = "gelu",
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop, act=act)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
         """``x (B, N, D)``; ``mask (B, N)`` True = real token; ``causal`` hides later positions."""
@@ -55,12 +56,13 @@ class Transformer(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         norm_eps: float = 1e-5,
+        act: Activation = "gelu",
     ) -> None:
         super().__init__()
         self.width = width
         self.grad_checkpointing = False
         self.blocks = nn.ModuleList(
-            Block(width, heads, mlp_ratio, qkv_bias, drop, attn_drop, norm_eps) for _ in range(layers)
+            Block(width, heads, mlp_ratio, qkv_bias, drop, attn_drop, norm_eps, act) for _ in range(layers)
         )
         self.apply(init_weights)
 
