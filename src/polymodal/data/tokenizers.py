@@ -20,11 +20,14 @@ from polymodal.io import atomic_path
 PAD, BOS, EOS, UNK, MASK = "<pad>", "<bos>", "<eos>", "<unk>", "<mask>"
 # OpenAI CLIP's start and end of text (its end token also pads in HF's CLIPTokenizer).
 CLIP_BOS, CLIP_EOS = "<|startoftext|>", "<|endoftext|>"
+# SentencePiece's end of text (T5's vocabulary, which SigLIP reads).
+SPM_EOS = "</s>"
 
 
 class TextTokenizer:
     """Tokenizes a batch into ``{"input_ids", "attention_mask"}`` tensors, truncated to ``context_length`` and
-    right-padded to the batch's longest text (HF's ``padding="longest"``).
+    right-padded to the batch's longest text (HF's ``padding="longest"``), or to ``context_length`` with
+    ``pad_to_context``.
 
     Padding only to the longest text is exact: no real token attends to padding (every encoder masks it), and
     trailing padding shifts no position. It saves the text tower most of its work when captions are much
@@ -36,33 +39,44 @@ class TextTokenizer:
         context_length: the longest a tokenized text may be; longer ones are truncated.
         pad_token: the token that pads; default: the one ``tokenizer`` already pads with (a saved file records
             it), else ``<pad>`` or ``[PAD]``.
+        pad_to_context: pad every text to ``context_length`` (HF's ``padding="max_length"``), for a text tower
+            that was trained so and pools a fixed position (SigLIP); default: what ``tokenizer`` already does
+            (a saved file records it), else pad to the longest text.
     """
 
-    def __init__(self, tokenizer: Tokenizer, context_length: int, pad_token: str | None = None) -> None:
+    def __init__(self, tokenizer: Tokenizer, context_length: int, pad_token: str | None = None,
+                 pad_to_context: bool | None = None) -> None:
         if context_length < 2:
             raise ValueError(f"context_length must be >= 2, got {context_length}")
         self.tokenizer = tokenizer
         self.context_length = context_length
         if pad_token is None and tokenizer.padding is not None:
             pad_token = tokenizer.padding["pad_token"]
+        if pad_to_context is None:
+            pad_to_context = tokenizer.padding is not None and tokenizer.padding["length"] is not None
+        self.pad_to_context = pad_to_context
         if pad_token is None:
             pad_token = PAD if tokenizer.token_to_id(PAD) is not None else "[PAD]"
         pad_id = tokenizer.token_to_id(pad_token)
         if pad_id is None:
             raise ValueError(f"the tokenizer has no padding token {pad_token!r} in its vocabulary")
         self.pad_id = pad_id
-        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token, direction="right")
+        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token, direction="right",
+                                      length=context_length if pad_to_context else None)
         self.tokenizer.enable_truncation(max_length=context_length)
 
     @property
     def bos_id(self) -> int:
-        """The id that starts a text (``<bos>``, BERT's ``[CLS]`` or CLIP's ``<|startoftext|>``)."""
-        return self._special_id(BOS, "[CLS]", CLIP_BOS)
+        """The id that starts a text (``<bos>``, BLIP's decoder start ``[DEC]`` (its BERT vocabulary also holds
+        ``[CLS]``, which starts BLIP's encoder inputs, not captions), BERT's ``[CLS]`` or CLIP's
+        ``<|startoftext|>``)."""
+        return self._special_id(BOS, "[DEC]", "[CLS]", CLIP_BOS)
 
     @property
     def eos_id(self) -> int:
-        """The id that ends a text (``<eos>``, BERT's ``[SEP]`` or CLIP's ``<|endoftext|>``)."""
-        return self._special_id(EOS, "[SEP]", CLIP_EOS)
+        """The id that ends a text (``<eos>``, BERT's ``[SEP]``, CLIP's ``<|endoftext|>`` or SentencePiece's
+        ``</s>``)."""
+        return self._special_id(EOS, "[SEP]", CLIP_EOS, SPM_EOS)
 
     def _special_id(self, *names: str) -> int:
         for name in names:

@@ -19,8 +19,12 @@ class ImagePreprocess:
     """What an image tower expects: square side in pixels and per-channel mean/std.
 
     Evaluation resizes the shorter side to ``resize_size`` (default: ``image_size``) with ``interpolation``,
-    then centre-crops ``image_size``. Imported checkpoints set all of them from their own processor config
-    (HF's ``CLIPImageProcessor``: bicubic, shortest edge, crop size, mean, std).
+    then centre-crops ``image_size``; with ``resize_mode="squash"`` it resizes the whole image to
+    ``image_size`` x ``image_size`` instead, aspect ratio not kept and nothing cropped (SigLIP's processor).
+    ``crop_offset`` places the crop when the margin is odd: ``round`` as torchvision's ``CenterCrop`` (OpenAI's
+    CLIP, open_clip), ``floor`` as HF's image processors (one pixel up or left of it).
+    Imported checkpoints set all of them from their own processor config (HF's ``CLIPImageProcessor``:
+    bicubic, shortest edge, crop size, mean, std).
     """
 
     image_size: int
@@ -28,6 +32,20 @@ class ImagePreprocess:
     std: Sequence[float] = CLIP_STD
     resize_size: int | None = None
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    resize_mode: Literal["shortest", "squash"] = "shortest"
+    crop_offset: Literal["round", "floor"] = "round"
+
+
+class FlooredCenterCrop:
+    """A square centre crop whose offset is rounded down (HF's image processors), where torchvision's
+    ``CenterCrop`` rounds it."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        return v2.functional.crop(image, (height - self.size) // 2, (width - self.size) // 2, self.size, self.size)
 
 
 def image_transform(preprocess: ImagePreprocess, train: bool = False) -> Callable[[Image.Image], torch.Tensor]:
@@ -40,9 +58,11 @@ def image_transform(preprocess: ImagePreprocess, train: bool = False) -> Callabl
     if train:
         geometry = [v2.RandomResizedCrop(size, scale=(0.85, 1.0), ratio=(0.9, 1.1), interpolation=interpolation,
                                          antialias=True)]
+    elif preprocess.resize_mode == "squash":
+        geometry = [v2.Resize((size, size), interpolation=interpolation, antialias=True)]
     else:
-        geometry = [v2.Resize(preprocess.resize_size or size, interpolation=interpolation, antialias=True),
-                    v2.CenterCrop(size)]
+        crop = v2.CenterCrop(size) if preprocess.crop_offset == "round" else FlooredCenterCrop(size)
+        geometry = [v2.Resize(preprocess.resize_size or size, interpolation=interpolation, antialias=True), crop]
     return v2.Compose(
         [
             v2.ToImage(),

@@ -25,12 +25,13 @@ from torch import nn
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.data.transforms import ImagePreprocess
 from polymodal.encoders.base import freeze
+from polymodal.encoders.checkpoint_tower import checkpoint_tokenizer, load_tower_weights, resolve_section
 from polymodal.typed_config import ConfigError, check_call_arguments, check_value, dataclass_from_mapping
 
 __all__ = ["BuiltEncoder", "ENCODER_TYPES", "TOWER_OPTIONS", "build_encoder", "build_tokenizer"]
 
 # Options of the tower around the encoder, not arguments of its constructor.
-TOWER_OPTIONS = ("type", "frozen", "grad_checkpointing", "preprocess")
+TOWER_OPTIONS = ("type", "frozen", "grad_checkpointing", "preprocess", "weights_from")
 
 
 @dataclass
@@ -96,11 +97,26 @@ def _transformer(spec: dict[str, Any], where: str, prefix: str) -> BuiltEncoder:
     return BuiltEncoder(encoder, context_length=encoder.context_length)
 
 
+def _embeddings(spec: dict[str, Any], where: str, prefix: str) -> BuiltEncoder:
+    from polymodal.encoders.text_embeddings import EmbeddingTextEncoder
+
+    arguments, _ = _arguments(EmbeddingTextEncoder.__init__, spec, where, prefix)
+    encoder = EmbeddingTextEncoder(**arguments)
+    return BuiltEncoder(encoder, context_length=encoder.context_length)
+
+
 def _gru(spec: dict[str, Any], where: str, prefix: str) -> BuiltEncoder:
     from polymodal.encoders.text_rnn import GRUTextEncoder
 
     arguments, own = _arguments(GRUTextEncoder.__init__, spec, where, prefix, {"context_length": int})
     return BuiltEncoder(GRUTextEncoder(**arguments), context_length=own["context_length"])
+
+
+def _hf_text(spec: dict[str, Any], where: str, prefix: str) -> BuiltEncoder:
+    from polymodal.encoders.hf_text import HFTextTower
+
+    arguments, own = _arguments(HFTextTower.__init__, spec, where, prefix, {"context_length": int})
+    return BuiltEncoder(HFTextTower(**arguments), context_length=own["context_length"])
 
 
 def _minilm(spec: dict[str, Any], where: str, prefix: str) -> BuiltEncoder:
@@ -113,7 +129,8 @@ def _minilm(spec: dict[str, Any], where: str, prefix: str) -> BuiltEncoder:
 # modality → encoder type → builder; the types of one modality share its input contract.
 ENCODER_TYPES: dict[str, dict[str, Callable[[dict[str, Any], str, str], BuiltEncoder]]] = {
     "image": {"vit": _vit, "resnet": _resnet, "efficientnet_lite0": _efficientnet_lite0},
-    "text": {"transformer": _transformer, "gru": _gru, "minilm": _minilm},
+    "text": {"transformer": _transformer, "embeddings": _embeddings, "gru": _gru, "minilm": _minilm,
+             "hf_text": _hf_text},
 }
 
 
@@ -132,8 +149,11 @@ def build_encoder(modality: str, spec: Mapping[str, Any], where: str = "model co
         raise ConfigError(f"{where}: {modality} must be a mapping with a 'type', got {spec!r}")
     kinds = ENCODER_TYPES[modality]
     kind = spec.get("type")
+    if kind == "checkpoint":
+        spec = resolve_section(modality, spec, where)
+        kind = spec.get("type")
     if kind not in kinds:
-        raise ConfigError(f"{where}: {modality}.type = {kind!r} is not one of: {', '.join(kinds)}")
+        raise ConfigError(f"{where}: {modality}.type = {kind!r} is not one of: {', '.join([*kinds, 'checkpoint'])}")
     for option in ("frozen", "grad_checkpointing"):
         if option in spec:
             check_value(bool, spec[option], f"{modality}.{option}", where)
@@ -148,6 +168,8 @@ def build_encoder(modality: str, spec: Mapping[str, Any], where: str = "model co
                               "gradient checkpointing (only the transformer towers do: image 'vit', text "
                               "'transformer')")
         built.encoder.set_grad_checkpointing(True)
+    if "weights_from" in spec:
+        load_tower_weights(built.encoder, spec["weights_from"], modality, where)
     if spec.get("frozen", False):
         freeze(built.encoder)
     return built
@@ -168,9 +190,16 @@ def build_tokenizer(text_spec: Mapping[str, Any], corpus: Callable[[], Iterable[
                     where: str = "model config") -> TextTokenizer:
     """The tokenizer a text tower reads: a pretrained tower brings its own file; a from-scratch tower gets a
     byte-level BPE of ``text.vocab_size`` trained on ``corpus()`` (the training texts; called only then)."""
+    if text_spec.get("type") == "checkpoint":
+        text_spec = resolve_section("text", text_spec, where)
     kind = text_spec.get("type")
     context_length = text_spec.get("context_length")
     check_value(int, context_length, "text.context_length", where, {"min": 2})
+    if "weights_from" in text_spec:
+        return checkpoint_tokenizer(text_spec["weights_from"], context_length, where)
+    if kind == "hf_text":
+        raise ConfigError(f"{where}: text.type 'hf_text' brings no tokenizer of its own: take the tower from its "
+                          "checkpoint with text.type 'checkpoint' and text.path")
     if kind == "minilm":
         from polymodal.encoders.pretrained import minilm_tokenizer_file
 

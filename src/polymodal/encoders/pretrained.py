@@ -196,8 +196,18 @@ class MiniLMTextTower(nn.Module):
         if frozen:
             freeze(self)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncoderOutput:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, 384)
+    @property
+    def input_embeddings(self) -> nn.Embedding:
+        """The WordPiece embedding table (what ``inputs_embeds`` replaces the lookup of)."""
+        return self.model.get_input_embeddings()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                inputs_embeds: torch.Tensor | None = None) -> EncoderOutput:
+        """``inputs_embeds (B, L, 384)``: word embeddings to use instead of looking ``input_ids`` up (prompt
+        learning); BERT still adds its position and token-type embeddings and normalises the sum."""
+        # HF refuses both at once: the ids are only looked up when no embeddings are given.
+        hidden = self.model(input_ids=input_ids if inputs_embeds is None else None, inputs_embeds=inputs_embeds,
+                            attention_mask=attention_mask).last_hidden_state  # (B, L, 384)
         mask = attention_mask.bool()
         return EncoderOutput(tokens=hidden, pooled=masked_mean(hidden, mask), mask=mask)
 

@@ -23,6 +23,9 @@ class TransformerTextEncoder(nn.Module):
     - ``"argmax"``: the position of the largest token id, as OpenAI CLIP and open_clip pool: their end-of-text
       token is the last id of the vocabulary, so this finds it without an attention mask (open_clip's
       tokenizer pads with id 0 and returns none).
+    - ``"last"``: the last position, padding or not, as SigLIP pools: its tokenizer pads every text to the
+      context length (``TextTokenizer(pad_to_context=True)``), so it is always the same slot, and with
+      ``causal=False`` it reads the whole text.
 
     ``act`` is the blocks' MLP activation (``"quick_gelu"`` for OpenAI CLIP) and ``norm_eps`` every LayerNorm's
     epsilon.
@@ -39,14 +42,14 @@ class TransformerTextEncoder(nn.Module):
         heads: int = 8,
         mlp_ratio: float = 4.0,
         causal: bool = False,
-        pool: Literal["mean", "cls", "eos", "argmax"] = "mean",
+        pool: Literal["mean", "cls", "eos", "argmax", "last"] = "mean",
         dropout: float = 0.0,
         act: Activation = "gelu",
         norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        if pool not in ("mean", "cls", "eos", "argmax"):
-            raise ValueError(f"pool must be 'mean', 'cls', 'eos' or 'argmax', got {pool!r}")
+        if pool not in ("mean", "cls", "eos", "argmax", "last"):
+            raise ValueError(f"pool must be 'mean', 'cls', 'eos', 'argmax' or 'last', got {pool!r}")
         if causal and pool == "cls":
             # Under a causal mask the first token attends only to itself: it carries no sentence information.
             raise ValueError("pool='cls' with causal=True would pool a token that has seen nothing else")
@@ -70,13 +73,25 @@ class TransformerTextEncoder(nn.Module):
         """Recompute block activations during backward to save memory."""
         self.transformer.grad_checkpointing = enable
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> EncoderOutput:
-        """``attention_mask``: 1/True = real token, int or bool; None means every position is real."""
+    @property
+    def input_embeddings(self) -> nn.Embedding:
+        """The token embedding table (what ``inputs_embeds`` replaces the lookup of)."""
+        return self.token_embed
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None) -> EncoderOutput:
+        """``attention_mask``: 1/True = real token, int or bool; None means every position is real.
+
+        ``inputs_embeds (B, L, width)``: token embeddings to use instead of looking ``input_ids`` up (prompt
+        learning puts learned vectors among real tokens); position embeddings are still added, and
+        ``input_ids`` still marks the pooled position for ``pool="argmax"``.
+        """
         L = input_ids.shape[1]
         if L > self.context_length:
             raise ValueError(f"sequence length {L} exceeds context_length {self.context_length}")
         mask = None if attention_mask is None else attention_mask.bool()
-        x = self.token_embed(input_ids) + self.pos_embed[:L]  # (B, L, D)
+        tokens_in = self.token_embed(input_ids) if inputs_embeds is None else inputs_embeds
+        x = tokens_in + self.pos_embed[:L]  # (B, L, D)
         x = self.transformer(self.drop(x), mask=mask, causal=self.causal)
         tokens = self.norm(x)  # (B, L, D)
         if self.pool == "mean":
@@ -85,6 +100,8 @@ class TransformerTextEncoder(nn.Module):
             pooled = first_token(tokens)
         elif self.pool == "eos":
             pooled = last_valid_token(tokens, mask)
+        elif self.pool == "last":
+            pooled = tokens[:, -1]
         else:
             pooled = tokens[torch.arange(tokens.shape[0], device=tokens.device), input_ids.argmax(dim=1)]  # (B, D)
         return EncoderOutput(tokens=tokens, pooled=pooled, mask=mask)

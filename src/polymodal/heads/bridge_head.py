@@ -8,18 +8,14 @@ transfers to real photos; the residual only adds what the paired training data t
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from polymodal.heads.conse import (
-    IMAGENET_TEMPLATES,
-    ConSEBridge,
-    build_imagenet_class_embeddings,
-    imagenet_class_names,
-)
+from polymodal.heads.conse import ConSEBridge, build_imagenet_class_embeddings, imagenet_class_names
 from polymodal.tasks.embed import FeatureCache, feature_cache_dir
+from polymodal.tasks.prompt_templates import resolve_templates
 
 
 class ConSEImageHead(nn.Module):
@@ -56,11 +52,13 @@ def build_conse_image_head(
     top_k: int = 10,
     temperature: float = 1.0,
     embed_class_names: bool = True,
+    templates: str | Sequence[str] = "bridge",
 ) -> ConSEImageHead:
     """Embed the 1000 ImageNet class names with the text tower and wrap the image tower's classifier.
 
     ``embed_class_names=False`` leaves the class embeddings as zeros, for a caller that loads them from a
-    checkpoint next (embedding 1000 names x several prompts costs the text tower ~7k sentences).
+    checkpoint next (embedding 1000 names x T prompts costs the text tower 1000 T sentences).
+    ``templates``: a set of :data:`polymodal.tasks.prompt_templates.TEMPLATE_SETS` by name, or a list.
     The embeddings are cached on disk (see :func:`polymodal.tasks.embed.feature_cache_dir`).
     """
     if not hasattr(image_encoder, "classify"):
@@ -71,8 +69,10 @@ def build_conse_image_head(
         raise ValueError(f"with a ConSE bridge the joint space is the text tower's: embed_dim must be {text_encoder.width}")
     if embed_class_names:
         cache = FeatureCache(feature_cache_dir())
-        key = FeatureCache.key("imagenet-class-names", type(text_encoder).__name__, IMAGENET_TEMPLATES)
-        class_embeddings = cache.get_or_compute(key, lambda: build_imagenet_class_embeddings(text_encoder.encode_text))
+        prompts = resolve_templates(templates)
+        key = FeatureCache.key("imagenet-class-names", type(text_encoder).__name__, prompts)
+        class_embeddings = cache.get_or_compute(
+            key, lambda: build_imagenet_class_embeddings(text_encoder.encode_text, prompts))
     else:
         class_embeddings = torch.zeros(len(imagenet_class_names()), text_encoder.width)  # (1000, D)
     return ConSEImageHead(image_encoder.classify, ConSEBridge(class_embeddings, top_k, temperature), image_encoder.width)

@@ -3,6 +3,10 @@
     input_ids (B, T) ─► token + position embeddings ─► N x [causal self-attn, cross-attn to memory, MLP]
                     ─► LayerNorm ─► @ token_embedᵀ ─► logits (B, T, V)
 
+Options (off by default) give BERT's decoder layout, which BLIP's text decoder has (``polymodal.interop.hf_blip``):
+post-norm layers, a LayerNorm on the embeddings, a dense + activation + LayerNorm transform before the output
+projection, a per-token output bias, and an output matrix of its own instead of the tied embedding.
+
 Training calls :meth:`CaptionDecoder.forward` (teacher forcing). Decoding calls :meth:`CaptionDecoder.init_cache`
 once per batch of images, then :meth:`CaptionDecoder.step` once per token (``polymodal.tasks.decoding`` drives it
 for greedy, sampling and beam search). The cache holds every layer's keys/values of the memory, computed once
@@ -11,14 +15,16 @@ the new position through the layers. Decoding without it (open_clip's CoCa) re-r
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from polymodal.layers.attention import make_attn_mask
-from polymodal.layers.mlp import Mlp
+from polymodal.layers.mlp import Activation, Mlp, make_activation
 from polymodal.layers.transformer import init_weights
 
 
@@ -122,19 +128,31 @@ class DecoderLayer(nn.Module):
 
     The memory gets its own LayerNorm because it comes from another tower, whose token scale the decoder does not
     control (as open_clip's multimodal decoder, ``ln_1_kv``).
+
+    ``post_norm=True`` gives BERT's layer instead (BLIP's text decoder): ``ln(x + self_attn(x))``,
+    ``ln(x + cross_attn(x, memory))``, ``ln(x + mlp(x))``, with the memory as given (no ``norm_memory``).
     """
 
     def __init__(
-        self, dim: int, memory_dim: int, num_heads: int, mlp_ratio: float = 4.0, drop: float = 0.0
+        self, dim: int, memory_dim: int, num_heads: int, mlp_ratio: float = 4.0, drop: float = 0.0,
+        post_norm: bool = False, norm_eps: float = 1e-5, act: Activation = "gelu",
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.post_norm = post_norm
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.self_attn = CausalSelfAttention(dim, num_heads, attn_drop=drop, proj_drop=drop)
-        self.norm2 = nn.LayerNorm(dim)
-        self.norm_memory = nn.LayerNorm(memory_dim)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        # Identity adds no parameters, so pre-norm checkpoints keep their keys.
+        self.norm_memory = nn.Identity() if post_norm else nn.LayerNorm(memory_dim, eps=norm_eps)
         self.cross_attn = MemoryAttention(dim, memory_dim, num_heads, attn_drop=drop, proj_drop=drop)
-        self.norm3 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.norm3 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop, act=act)
+
+    def _residual(
+        self, x: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor], norm: nn.Module
+    ) -> torch.Tensor:
+        """One sub-layer around ``branch``: ``x + branch(norm(x))``, or ``norm(x + branch(x))`` when post-norm."""
+        return norm(x + branch(x)) if self.post_norm else x + branch(norm(x))
 
     def memory_kv(self, memory: torch.Tensor) -> torch.Tensor:
         """``memory (B, M, Dm) -> (2, B, nh, M, hs)``."""
@@ -143,8 +161,8 @@ class DecoderLayer(nn.Module):
     def _cross_and_mlp(
         self, x: torch.Tensor, memory_kv: torch.Tensor, memory_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        x = x + self.cross_attn(self.norm2(x), memory_kv, memory_mask)
-        return x + self.mlp(self.norm3(x))
+        x = self._residual(x, lambda h: self.cross_attn(h, memory_kv, memory_mask), self.norm2)
+        return self._residual(x, self.mlp, self.norm3)
 
     def forward(
         self,
@@ -154,7 +172,7 @@ class DecoderLayer(nn.Module):
         memory_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The whole sequence ``x (B, T, D)``; masks are SDPA masks from ``make_attn_mask``."""
-        x = x + self.self_attn(self.norm1(x), self_mask)
+        x = self._residual(x, lambda h: self.self_attn(h, self_mask), self.norm1)
         return self._cross_and_mlp(x, memory_kv, memory_mask)
 
     def step(
@@ -166,8 +184,22 @@ class DecoderLayer(nn.Module):
         memory_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """New positions ``x (B, t, D)`` starting at ``start``; extends ``self_kv`` in place."""
-        x = x + self.self_attn.step(self.norm1(x), self_kv, start)
+        x = self._residual(x, lambda h: self.self_attn.step(h, self_kv, start), self.norm1)
         return self._cross_and_mlp(x, memory_kv, memory_mask)
+
+
+class HeadTransform(nn.Module):
+    """``dense -> activation -> LayerNorm`` on the last hidden states before the output projection, ``(..., D) ->
+    (..., D)``: BERT's LM head transform (``BertPredictionHeadTransform``), which BLIP's decoder keeps."""
+
+    def __init__(self, dim: int, norm_eps: float = 1e-5, act: Activation = "gelu") -> None:
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+        self.act = make_activation(act)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.act(self.dense(x)))
 
 
 @dataclass
@@ -240,6 +272,14 @@ class CaptionDecoder(nn.Module):
         mlp_ratio: MLP hidden width over ``width``.
         max_length: the most positions the decoder can read (learned position table size), BOS included.
         dropout: dropout on attention weights, residual branches and embeddings.
+        norm_position: ``"pre"`` (pre-norm layers, a LayerNorm on the memory and after the last layer) or
+            ``"post"`` (BERT's post-norm layers, whose output is already normalised: no final LayerNorm).
+        embed_norm: a LayerNorm on token + position embeddings (BERT's embedding LayerNorm).
+        head_transform: dense + activation + LayerNorm before the output projection (BERT's LM head transform).
+        head_bias: a learned bias per output token.
+        tie_embeddings: the output projection is the token embedding (else a matrix of its own, ``output_proj``).
+        norm_eps: every LayerNorm's epsilon.
+        act: the MLPs' (and the head transform's) activation.
     """
 
     def __init__(
@@ -252,16 +292,34 @@ class CaptionDecoder(nn.Module):
         mlp_ratio: float = 4.0,
         max_length: int = 77,
         dropout: float = 0.0,
+        *,
+        norm_position: Literal["pre", "post"] = "pre",
+        embed_norm: bool = False,
+        head_transform: bool = False,
+        head_bias: bool = False,
+        tie_embeddings: bool = True,
+        norm_eps: float = 1e-5,
+        act: Activation = "gelu",
     ) -> None:
         super().__init__()
+        if norm_position not in ("pre", "post"):
+            raise ValueError(f"norm_position must be 'pre' or 'post', got {norm_position!r}")
+        post_norm = norm_position == "post"
         self.vocab_size = vocab_size
         self.width = width
         self.max_length = max_length
         self.token_embed = nn.Embedding(vocab_size, width)
         self.pos_embed = nn.Parameter(torch.empty(max_length, width))
+        # Identity for every option left off: no parameters, so existing checkpoints keep their keys.
+        self.embed_norm = nn.LayerNorm(width, eps=norm_eps) if embed_norm else nn.Identity()
         self.drop = nn.Dropout(dropout)
-        self.layers = nn.ModuleList(DecoderLayer(width, memory_dim, heads, mlp_ratio, dropout) for _ in range(layers))
-        self.norm = nn.LayerNorm(width)
+        self.layers = nn.ModuleList(
+            DecoderLayer(width, memory_dim, heads, mlp_ratio, dropout, post_norm, norm_eps, act) for _ in range(layers)
+        )
+        self.norm = nn.Identity() if post_norm else nn.LayerNorm(width, eps=norm_eps)
+        self.head_transform = HeadTransform(width, norm_eps, act) if head_transform else nn.Identity()
+        self.output_proj = None if tie_embeddings else nn.Linear(width, vocab_size, bias=False)
+        self.output_bias = nn.Parameter(torch.zeros(vocab_size)) if head_bias else None
         self.apply(init_weights)
         # GPT-2's scales: the embedding is also the output matrix, and unit-scale rows would start training from
         # logits of std ~sqrt(D), i.e. confidently wrong.
@@ -270,17 +328,17 @@ class CaptionDecoder(nn.Module):
 
     @property
     def output_weight(self) -> torch.Tensor:
-        """The ``(V, D)`` output projection: the token embedding's weight (tied)."""
-        return self.token_embed.weight
+        """The ``(V, D)`` output projection: the token embedding's weight when tied, else ``output_proj``'s."""
+        return self.token_embed.weight if self.output_proj is None else self.output_proj.weight
 
     def _embed(self, input_ids: torch.Tensor, start: int) -> torch.Tensor:
         end = start + input_ids.shape[1]
         if end > self.max_length:
             raise ValueError(f"positions up to {end} exceed the decoder's max_length {self.max_length}")
-        return self.drop(self.token_embed(input_ids) + self.pos_embed[start:end])  # (B, t, D)
+        return self.drop(self.embed_norm(self.token_embed(input_ids) + self.pos_embed[start:end]))  # (B, t, D)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.norm(x), self.output_weight)  # (..., V)
+        return F.linear(self.head_transform(self.norm(x)), self.output_weight, self.output_bias)  # (..., V)
 
     def forward(
         self,

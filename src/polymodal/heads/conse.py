@@ -13,16 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Prompt ensembling (as CLIP does for zero-shot): a bare class name is a poor "sentence" for a sentence
-# encoder, and averaging a few phrasings smooths out the quirks of any single one.
-IMAGENET_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.",
-    "a close-up photo of a {}.",
-    "a photo of the {}.",
-    "an image showing a {}.",
-)
-
-
 def imagenet_class_names() -> list[str]:
     """The 1000 readable ImageNet-1k class names in logit order (from torchvision's weight metadata, offline)."""
     from torchvision.models import ResNet50_Weights
@@ -32,7 +22,7 @@ def imagenet_class_names() -> list[str]:
 
 def build_imagenet_class_embeddings(
     encode_text: Callable[[list[str]], torch.Tensor],
-    templates: Sequence[str] = IMAGENET_TEMPLATES,
+    templates: Sequence[str],
     class_names: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Embed every class name under every template; return ``(C, D)`` L2-normalised class embeddings.
@@ -42,7 +32,9 @@ def build_imagenet_class_embeddings(
 
     Args:
         encode_text: maps N strings to ``(N, D)`` embeddings (e.g. ``MiniLMTextTower.encode_text``).
-        templates: format strings with one ``{}`` for the class name.
+        templates: format strings with one ``{}`` for the class name (prompt ensembling, as CLIP does for
+            zero-shot: a bare class name is a poor "sentence" for a sentence encoder, and averaging several
+            phrasings smooths out the quirks of any single one).
         class_names: defaults to ``imagenet_class_names()``.
     """
     names = list(class_names) if class_names is not None else imagenet_class_names()

@@ -7,6 +7,7 @@ The result is an ordinary ``tokenizers.Tokenizer`` with the padding token record
 """
 from __future__ import annotations
 
+import functools
 import gzip
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from tokenizers import Tokenizer, decoders
 from polymodal.data.tokenizers import CLIP_BOS, CLIP_EOS, TextTokenizer
 from polymodal.io import atomic_path, write_json
 
-__all__ = ["open_clip_tokenizer", "read_hf_tokenizer", "write_hf_tokenizer"]
+__all__ = ["open_clip_tokenizer", "read_hf_tokenizer", "write_hf_tokenizer", "write_tokenizer_json"]
 
 # The end-of-word marker of CLIP's BPE vocabulary: "cat</w>" is the word "cat", "cat" a word's prefix.
 END_OF_WORD = "</w>"
@@ -48,9 +49,9 @@ def read_hf_tokenizer(directory: Path, context_length: int) -> TextTokenizer:
     return _wrap(backend, context_length, str(hf_tokenizer.pad_token))
 
 
-def open_clip_tokenizer(context_length: int, pad_id: int = 0) -> TextTokenizer:
-    """open_clip's default tokenizer (OpenAI's BPE from the merges file open_clip ships), padding with
-    ``pad_id`` as open_clip does (0)."""
+@functools.cache
+def _open_clip_bpe() -> str:
+    """open_clip's BPE as ``tokenizers`` JSON, built once per process (over 48,894 merges it takes seconds)."""
     from open_clip.tokenizer import bytes_to_unicode, default_bpe
     from transformers import CLIPTokenizer
 
@@ -61,18 +62,30 @@ def open_clip_tokenizer(context_length: int, pad_id: int = 0) -> TextTokenizer:
     vocab = symbols + [symbol + END_OF_WORD for symbol in symbols] + ["".join(merge) for merge in merges]
     vocab += [CLIP_BOS, CLIP_EOS]
     hf_tokenizer = CLIPTokenizer(vocab={token: index for index, token in enumerate(vocab)}, merges=merges)
-    backend = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+    return hf_tokenizer.backend_tokenizer.to_str()
+
+
+def open_clip_tokenizer(context_length: int, pad_id: int = 0) -> TextTokenizer:
+    """open_clip's default tokenizer (OpenAI's BPE from the merges file open_clip ships), padding with
+    ``pad_id`` as open_clip does (0)."""
+    backend = Tokenizer.from_str(_open_clip_bpe())
     return _wrap(backend, context_length, backend.id_to_token(pad_id))
 
 
-def write_hf_tokenizer(tokenizer: TextTokenizer, directory: Path) -> None:
-    """Write ``tokenizer`` as HF's ``CLIPTokenizer`` reads it: ``tokenizer.json`` + ``tokenizer_config.json``."""
+def write_tokenizer_json(tokenizer: TextTokenizer, directory: Path) -> Tokenizer:
+    """Write ``directory/tokenizer.json`` as HF's tokenizer classes read it, and return what was written: a copy of
+    ``tokenizer``'s backend without padding and truncation, which HF applies per call from its own arguments."""
     backend = Tokenizer.from_str(tokenizer.tokenizer.to_str())
-    # HF applies padding and truncation per call, from its own arguments.
     backend.no_padding()
     backend.no_truncation()
     with atomic_path(directory / "tokenizer.json") as tmp:
         backend.save(str(tmp))
+    return backend
+
+
+def write_hf_tokenizer(tokenizer: TextTokenizer, directory: Path) -> None:
+    """Write ``tokenizer`` as HF's ``CLIPTokenizer`` reads it: ``tokenizer.json`` + ``tokenizer_config.json``."""
+    backend = write_tokenizer_json(tokenizer, directory)
     eos_token = backend.id_to_token(tokenizer.eos_id)
     write_json(directory / "tokenizer_config.json", {
         "tokenizer_class": "CLIPTokenizer",

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import save_file
 from torch import nn
 
@@ -22,24 +21,27 @@ from polymodal.interop.checkpoint import (
     Rename,
     export_state,
     import_state,
-    read_state_file,
     weight_and_bias,
 )
 from polymodal.interop.clip_tokenizer import read_hf_tokenizer, write_hf_tokenizer
+from polymodal.interop.hf_files import (
+    BUFFERS,
+    CONFIG,
+    PREPROCESSOR,
+    RESAMPLE,
+    WEIGHTS,
+    read_hf_weights,
+    read_processor_settings,
+)
 from polymodal.io import atomic_path, read_json, write_json
 from polymodal.layers import QuickGELU
 from polymodal.models.dual_encoder import DualEncoder, build_dual_encoder
 
 __all__ = ["export_hf_clip", "load_hf_clip"]
 
-CONFIG, WEIGHTS, PREPROCESSOR = "config.json", "model.safetensors", "preprocessor_config.json"
-# PIL's resampling codes, as HF's processor config records them.
-RESAMPLE = {2: "bilinear", 3: "bicubic"}
-# Old transformers versions saved these constant buffers with the weights.
-BUFFERS = ("position_ids",)
 
 
-def _hf_block(ours: str, theirs: str) -> list[Rename]:
+def hf_block(ours: str, theirs: str) -> list[Rename]:
     return [
         *weight_and_bias(f"{ours}.norm1", f"{theirs}.layer_norm1"),
         *(Rename(f"{ours}.attn.qkv.{kind}", tuple(f"{theirs}.self_attn.{p}_proj.{kind}" for p in "qkv"))
@@ -61,13 +63,13 @@ def _table(image_layers: int, text_layers: int) -> list[Rename]:
         Rename(f"{image}.pos_embed.weight", (f"{vision}.embeddings.position_embedding.weight",)),
         *weight_and_bias(f"{image}.norm_pre", f"{vision}.pre_layrnorm"),
         *(rename for i in range(image_layers)
-          for rename in _hf_block(f"{image}.transformer.blocks.{i}", f"{vision}.encoder.layers.{i}")),
+          for rename in hf_block(f"{image}.transformer.blocks.{i}", f"{vision}.encoder.layers.{i}")),
         *weight_and_bias(f"{image}.norm", f"{vision}.post_layernorm"),
         Rename("image_head.proj.weight", ("visual_projection.weight",)),
         Rename(f"{text}.token_embed.weight", (f"{text_model}.embeddings.token_embedding.weight",)),
         Rename(f"{text}.pos_embed", (f"{text_model}.embeddings.position_embedding.weight",)),
         *(rename for i in range(text_layers)
-          for rename in _hf_block(f"{text}.transformer.blocks.{i}", f"{text_model}.encoder.layers.{i}")),
+          for rename in hf_block(f"{text}.transformer.blocks.{i}", f"{text_model}.encoder.layers.{i}")),
         *weight_and_bias(f"{text}.norm", f"{text_model}.final_layer_norm"),
         Rename("text_head.proj.weight", ("text_projection.weight",)),
         Rename("logit_scale", ("logit_scale",)),
@@ -100,19 +102,19 @@ def _size(value: Any, file: Path, key: str) -> int:
 
 def _preprocess(directory: Path, image_size: int) -> dict[str, Any]:
     """The image processor's resize, crop, interpolation and statistics (CLIP's defaults when there is none)."""
-    file = directory / PREPROCESSOR
-    if not file.is_file():
+    processor, file = read_processor_settings(directory)
+    if not processor:
         return {"image_size": image_size, "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
-                "resize_size": image_size, "interpolation": "bicubic"}
-    processor = read_json(file, "image processor config")
+                "resize_size": image_size, "interpolation": "bicubic", "crop_offset": "floor"}
     resample = processor.get("resample", 3)
     if resample not in RESAMPLE:
         raise ValueError(f"{file}: resample = {resample!r} is not supported (2 bilinear, 3 bicubic)")
     resize = _size(processor.get("size", image_size), file, "size")
     crop = _size(processor["crop_size"], file, "crop_size") if processor.get("do_center_crop", True) else resize
+    # HF floors the centre crop's offset where torchvision rounds it: one pixel apart on odd margins.
     return {"image_size": crop, "mean": list(processor.get("image_mean", CLIP_MEAN)),
             "std": list(processor.get("image_std", CLIP_STD)), "resize_size": resize,
-            "interpolation": RESAMPLE[resample]}
+            "interpolation": RESAMPLE[resample], "crop_offset": "floor"}
 
 
 def _polymodal_config(directory: Path) -> dict[str, Any]:
@@ -146,20 +148,6 @@ def _polymodal_config(directory: Path) -> dict[str, Any]:
     }
 
 
-def _read_weights(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """The checkpoint's tensors and the file they came from (an index names its shards)."""
-    if (directory / WEIGHTS).is_file():
-        return read_state_file(directory / WEIGHTS), directory / WEIGHTS
-    index = directory / f"{WEIGHTS}.index.json"
-    if index.is_file():
-        state = {}
-        for shard in sorted(set(read_json(index, "weights index").get("weight_map", {}).values())):
-            state.update(read_state_file(directory / shard))
-        return state, index
-    if (directory / "pytorch_model.bin").is_file():
-        return read_state_file(directory / "pytorch_model.bin"), directory / "pytorch_model.bin"
-    raise ValueError(f"{directory / WEIGHTS}: missing (nor {index.name}, nor pytorch_model.bin)")
-
 
 def load_hf_clip(directory: str | Path) -> ImportedCheckpoint:
     """Load the HF ``CLIPModel`` checkpoint saved in ``directory`` as a polymodal dual encoder.
@@ -174,7 +162,7 @@ def load_hf_clip(directory: str | Path) -> ImportedCheckpoint:
     """
     directory = Path(directory)
     config = _polymodal_config(directory)
-    state, file = _read_weights(directory)
+    state, file = read_hf_weights(directory)
     model = build_dual_encoder(config, where=str(directory / CONFIG), for_loading=True)
     import_state(model, _table(config["image"]["layers"], config["text"]["layers"]), state, file, ignored=BUFFERS)
     tokenizer = read_hf_tokenizer(directory, config["text"]["context_length"])
@@ -203,7 +191,7 @@ def _check_exportable(config: dict[str, Any]) -> None:
         raise ValueError("config key bridge / init_logit_bias: HF's CLIPModel has linear heads and no logit bias")
 
 
-def _hf_tower(encoder: nn.Module) -> dict[str, Any]:
+def hf_tower(encoder: nn.Module) -> dict[str, Any]:
     """An HF sub-config's block sizes, read from the built tower (so config keys left at their defaults count)."""
     block = encoder.transformer.blocks[0]
     return {"hidden_size": encoder.width, "num_hidden_layers": len(encoder.transformer.blocks),
@@ -235,9 +223,9 @@ def export_hf_clip(model: DualEncoder, tokenizer: TextTokenizer, directory: str 
     hf = CLIPConfig(
         projection_dim=config["embed_dim"],
         logit_scale_init_value=config.get("init_logit_scale", 2.6593),
-        vision_config={**_hf_tower(image), "image_size": image.image_size[0],
+        vision_config={**hf_tower(image), "image_size": image.image_size[0],
                        "patch_size": image.patch_embed.patch_size, "num_channels": image.patch_embed.proj.in_channels},
-        text_config={**_hf_tower(text), "vocab_size": text.token_embed.num_embeddings,
+        text_config={**hf_tower(text), "vocab_size": text.token_embed.num_embeddings,
                      "max_position_embeddings": text.context_length, "bos_token_id": tokenizer.bos_id,
                      "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id},
     )

@@ -2,7 +2,7 @@
 from polymodal.layers.attention import Attention, CrossAttention, make_attn_mask
 from polymodal.layers.mlp import Activation, Mlp, QuickGELU, make_activation
 from polymodal.layers.patch_embed import PatchEmbed
-from polymodal.layers.pooling import AttentionPool, first_token, last_valid_token, masked_mean
+from polymodal.layers.pooling import AttentionPool, AttentionPoolHead, first_token, last_valid_token, masked_mean
 from polymodal.layers.pos_embed import (
     LearnedPosEmbed2d,
     SinCosPosEmbed2d,
@@ -15,6 +15,7 @@ __all__ = [
     "Activation",
     "Attention",
     "AttentionPool",
+    "AttentionPoolHead",
     "Block",
     "CrossAttention",
     "LearnedPosEmbed2d",

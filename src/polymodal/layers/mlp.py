@@ -6,7 +6,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-Activation = Literal["gelu", "quick_gelu"]
+Activation = Literal["gelu", "quick_gelu", "gelu_tanh"]
 
 
 class QuickGELU(nn.Module):
@@ -18,13 +18,16 @@ class QuickGELU(nn.Module):
 
 
 def make_activation(name: Activation) -> nn.Module:
-    """The activation called ``name``: ``"gelu"`` (exact, erf) or ``"quick_gelu"``."""
+    """The activation called ``name``: ``"gelu"`` (exact, erf), ``"quick_gelu"`` or ``"gelu_tanh"``."""
     if name == "gelu":
         # Exact (erf) GELU, as in BERT, ViT and CLIP; the tanh approximation would break parity with them.
         return nn.GELU()
     if name == "quick_gelu":
         return QuickGELU()
-    raise ValueError(f"activation must be 'gelu' or 'quick_gelu', got {name!r}")
+    if name == "gelu_tanh":
+        # The tanh approximation SigLIP was trained with (HF's "gelu_pytorch_tanh"), needed for its parity.
+        return nn.GELU(approximate="tanh")
+    raise ValueError(f"activation must be 'gelu', 'quick_gelu' or 'gelu_tanh', got {name!r}")
 
 
 class Mlp(nn.Module):

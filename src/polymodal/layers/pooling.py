@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from polymodal.layers.attention import CrossAttention
+from polymodal.layers.mlp import Activation, Mlp
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -52,3 +53,24 @@ class AttentionPool(nn.Module):
         """``x (B, N, D)``, ``mask (B, N)`` True = real -> ``(B, D)``."""
         query = self.query.expand(x.shape[0], -1, -1)  # (B, 1, D)
         return self.attn(query, x, context_mask=mask)[:, 0]
+
+
+class AttentionPoolHead(nn.Module):
+    """Multihead attention pooling (MAP, SigLIP's image pooling): :class:`AttentionPool`, then a residual MLP on
+    the pooled vector, ``p + mlp(norm(p))``, so the pooled output gets a feed-forward step of its own as every
+    token got in the blocks before it.
+
+    ``num_heads``, ``mlp_ratio``, ``act`` and ``norm_eps`` are the tower's own (SigLIP shares them with its blocks).
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, mlp_ratio: float = 4.0, act: Activation = "gelu",
+                 norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        self.pool = AttentionPool(dim, num_heads)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act=act)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x (B, N, D)``, ``mask (B, N)`` True = real -> ``(B, D)``."""
+        pooled = self.pool(x, mask)  # (B, D)
+        return pooled + self.mlp(self.norm(pooled))

@@ -22,9 +22,10 @@ from torch import nn
 
 from polymodal.encoders.build import build_encoder
 from polymodal.heads.caption_decoder import CaptionDecoder
+from polymodal.layers.mlp import Activation
 from polymodal.losses.captioning import IGNORE, CaptionLoss
 from polymodal.models.family import LossOptions, ModelFamily
-from polymodal.tasks.decoding import Decoded, beam_search, greedy, sample
+from polymodal.tasks.decoding import Decoded, StepFn, beam_search, greedy, sample
 from polymodal.typed_config import dataclass_from_mapping
 
 __all__ = ["CAPTIONER", "Captioner", "CaptionerConfig", "DecoderSection", "GenerationSection", "build_captioner"]
@@ -32,7 +33,9 @@ __all__ = ["CAPTIONER", "Captioner", "CaptionerConfig", "DecoderSection", "Gener
 
 @dataclass
 class DecoderSection:
-    """The ``text`` section of a captioner: the decoder and its tokenizer."""
+    """The ``text`` section of a captioner: the decoder and its tokenizer. ``norm_position`` … ``act`` are
+    :class:`~polymodal.heads.caption_decoder.CaptionDecoder`'s layout options; their defaults are polymodal's own
+    decoder, and imported BLIP checkpoints set BERT's (``polymodal.interop.hf_blip``)."""
 
     type: Literal["decoder"]
     vocab_size: int = field(metadata={"min": 8})
@@ -42,11 +45,23 @@ class DecoderSection:
     heads: int = field(default=4, metadata={"min": 1})
     mlp_ratio: float = field(default=4.0, metadata={"above": 0})
     dropout: float = field(default=0.1, metadata={"min": 0, "max": 1})
+    norm_position: Literal["pre", "post"] = "pre"
+    embed_norm: bool = False
+    head_transform: bool = False
+    head_bias: bool = False
+    tie_embeddings: bool = True
+    norm_eps: float = field(default=1e-5, metadata={"above": 0})
+    act: Activation = "gelu"
 
 
 @dataclass
 class GenerationSection:
-    """How ``polymodal caption`` / ``eval`` decode by default (each may be overridden per call)."""
+    """How ``polymodal caption`` / ``eval`` decode by default (each may be overridden per call).
+
+    ``prompt_ids``: tokens fed after BOS that every caption continues (BLIP's "a picture of"); the returned
+    captions hold only the continuation, and ``max_length``, ``min_length`` and ``no_repeat_ngram_size`` count
+    only generated tokens.
+    """
 
     method: Literal["greedy", "beam", "sample"] = "beam"
     beam_size: int = field(default=3, metadata={"min": 1})
@@ -57,6 +72,7 @@ class GenerationSection:
     top_k: int | None = field(default=None, metadata={"min": 1})
     top_p: float | None = field(default=None, metadata={"above": 0, "max": 1})
     temperature: float = field(default=1.0, metadata={"above": 0})
+    prompt_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -180,13 +196,21 @@ class Captioner(nn.Module):
     def _special_ids(self) -> dict[str, int]:
         return {"bos_id": self.bos_id, "eos_id": self.eos_id, "pad_id": self.pad_id}
 
+    def _prompt(self, prompt_ids: list[int], device: torch.device) -> torch.Tensor:
+        """``prompt_ids`` as a ``(P,)`` tensor, after checking every id is in the decoder's vocabulary."""
+        outside = [i for i in prompt_ids if not 0 <= i < self.decoder.vocab_size]
+        if outside:
+            raise ValueError(f"prompt_ids: {outside[0]} is not a token id of the decoder's vocabulary of "
+                             f"{self.decoder.vocab_size}")
+        return torch.tensor(prompt_ids, dtype=torch.long, device=device)
+
     @torch.no_grad()
     def generate(self, image: torch.Tensor | None = None, generator: torch.Generator | None = None, *,
                  image_tokens: torch.Tensor | None = None, image_token_mask: torch.Tensor | None = None,
                  **overrides: Any) -> Decoded:
         """Captions (token ids, without BOS/EOS) for a batch of images (or their cached ``image_tokens``) with the
         default decoding settings (``config["generate"]``), any of which ``overrides`` replaces
-        (``method="greedy"``, ``beam_size=5``…)."""
+        (``method="greedy"``, ``beam_size=5``, ``prompt_ids=[…]``: captions continuing a prompt, without it)."""
         unknown = set(overrides) - set(GenerationSection.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown generation setting(s) {sorted(unknown)}")
@@ -194,22 +218,38 @@ class Captioner(nn.Module):
         memory, memory_mask = self.encode_image(image, image_tokens, image_token_mask)
         batch, device = memory.shape[0], memory.device
         max_length = settings["max_length"] or self.decoder.max_length - 1
-        if max_length >= self.decoder.max_length:
-            raise ValueError(f"max_length {max_length} leaves no room for BOS in the decoder's "
-                             f"{self.decoder.max_length} positions")
+        prompt = self._prompt(settings["prompt_ids"], device)
+        if max_length + len(prompt) >= self.decoder.max_length:
+            raise ValueError(f"max_length {max_length} (+ {len(prompt)} prompt tokens) leaves no room for BOS in "
+                             f"the decoder's {self.decoder.max_length} positions")
         common = {**self._special_ids(), "max_length": max_length, "min_length": settings["min_length"],
                   "no_repeat_ngram_size": settings["no_repeat_ngram_size"], "device": device}
-        cache = self.decoder.init_cache(memory, memory_mask, max_length=max_length)
+        cache = self.decoder.init_cache(memory, memory_mask, max_length=max_length + len(prompt))
+        step = _after_prompt(self.decoder.step, prompt) if len(prompt) else self.decoder.step
         method = settings["method"]
         if method == "greedy":
-            return greedy(self.decoder.step, cache, batch, **common)
+            return greedy(step, cache, batch, **common)
         if method == "beam":
-            return beam_search(self.decoder.step, cache, batch, beam_size=settings["beam_size"],
+            return beam_search(step, cache, batch, beam_size=settings["beam_size"],
                                length_penalty=settings["length_penalty"], **common)
         if method == "sample":
-            return sample(self.decoder.step, cache, batch, top_k=settings["top_k"], top_p=settings["top_p"],
+            return sample(step, cache, batch, top_k=settings["top_k"], top_p=settings["top_p"],
                           temperature=settings["temperature"], generator=generator, **common)
         raise ValueError(f"method must be greedy, beam or sample, got {method!r}")
+
+
+def _after_prompt(step: StepFn, prompt: torch.Tensor) -> StepFn:
+    """``step`` for decoding that continues ``prompt (P,)``: the decoding functions start every row at BOS,
+    position 0; the first call feeds BOS and the prompt together (one chunk through the KV cache) and later
+    calls are shifted by ``P`` positions, so the prompt is part of every caption's prefix without being
+    generated."""
+
+    def prompted(tokens: torch.Tensor, cache: Any, position: int) -> tuple[torch.Tensor, Any]:
+        if position == 0:
+            return step(torch.cat([tokens, prompt.expand(tokens.shape[0], -1)], dim=1), cache, 0)
+        return step(tokens, cache, position + len(prompt))
+
+    return prompted
 
 
 def build_captioner(config: dict[str, Any], where: str = "model config", for_loading: bool = False) -> Captioner:
@@ -221,7 +261,10 @@ def build_captioner(config: dict[str, Any], where: str = "model config", for_loa
     # Every image encoder's tokens are as wide as its pooled vector (`width`).
     memory_width = image.encoder.width
     decoder = CaptionDecoder(text.vocab_size, memory_width, width=text.width, layers=text.layers, heads=text.heads,
-                             mlp_ratio=text.mlp_ratio, max_length=text.context_length, dropout=text.dropout)
+                             mlp_ratio=text.mlp_ratio, max_length=text.context_length, dropout=text.dropout,
+                             norm_position=text.norm_position, embed_norm=text.embed_norm,
+                             head_transform=text.head_transform, head_bias=text.head_bias,
+                             tie_embeddings=text.tie_embeddings, norm_eps=text.norm_eps, act=text.act)
     model = Captioner(image.encoder, decoder, generation, spec.bos_id, spec.eos_id, spec.pad_id)
     model.config = copy.deepcopy(config)
     model.preprocess = image.preprocess

@@ -43,6 +43,8 @@ class DualEncoder(nn.Module):
         text_head: maps pooled text features ``(B, F_txt)`` to ``(B, D)``.
         init_logit_scale: initial log temperature (CLIP: ln(1/0.07)).
         init_logit_bias: if given, the model also learns a logit bias (SigLIP) and returns ``logit_bias``.
+        max_logit_scale: the log temperature is clamped to ``[0, max_logit_scale]`` (CLIP: ln 100); None leaves it
+            unbounded, as SigLIP trains it (its released checkpoints sit above ln 100).
 
     A tower locked with :func:`polymodal.encoders.base.freeze` before it is passed in stays locked; when both
     are, their pooled outputs can be cached (``image_frozen`` / ``text_frozen``).
@@ -61,8 +63,10 @@ class DualEncoder(nn.Module):
         text_head: nn.Module,
         init_logit_scale: float = math.log(1 / 0.07),
         init_logit_bias: float | None = None,
+        max_logit_scale: float | None = MAX_LOGIT_SCALE,
     ) -> None:
         super().__init__()
+        self.max_logit_scale = max_logit_scale
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.image_head = image_head
@@ -128,11 +132,15 @@ class DualEncoder(nn.Module):
         text_tower_features: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Returns ``image_features (B,D)``, ``text_features (B,D)`` (unit norm), ``logit_scale`` (exp'd,
-        clamped to 100) and, for SigLIP models, ``logit_bias`` — exactly the contrastive losses' keywords."""
+        clamped to ``exp(max_logit_scale)``) and, for SigLIP models, ``logit_bias`` — exactly the contrastive losses'
+        keywords."""
+        log_scale = self.logit_scale
+        if self.max_logit_scale is not None:
+            log_scale = log_scale.clamp(max=self.max_logit_scale)
         output = {
             "image_features": self.encode_image(image, image_tower_features),
             "text_features": self.encode_text(input_ids, attention_mask, text_tower_features),
-            "logit_scale": self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp(),
+            "logit_scale": log_scale.exp(),
         }
         if self.logit_bias is not None:
             output["logit_bias"] = self.logit_bias
@@ -141,8 +149,9 @@ class DualEncoder(nn.Module):
     # Hooks the training loop calls (models/family.py).
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
-        """Keep the temperature in CLIP's range after every update."""
-        self.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        """Keep the temperature in CLIP's range after every update (unless the model leaves it unbounded)."""
+        if self.max_logit_scale is not None:
+            self.logit_scale.clamp_(0, self.max_logit_scale)
 
     def log_scalars(self) -> dict[str, float]:
         return {"logit_scale": float(self.logit_scale.detach().exp())}
@@ -162,9 +171,15 @@ class DualEncoderConfig:
         loss: ``clip`` (symmetric InfoNCE) or ``siglip`` (pairwise sigmoid; learns ``logit_bias`` too).
         init_logit_scale: initial log temperature (CLIP: ln(1/0.07) = 2.6593).
         init_logit_bias: if set, the model learns a logit bias from this value (SigLIP: -10).
-        bridge: ``{"type": "conse", "top_k", "temperature"}``: the image head starts as the training-free ConSE
+        max_logit_scale: upper clamp of the log temperature (ln 100); null: unbounded (SigLIP's checkpoints).
+        image_projection / text_projection: ``linear`` (CLIP's head) or ``none``, where the tower's pooled output
+            already is the joint space (SigLIP's image tower, pooled by its attention head; its width must then
+            be ``embed_dim``).
+        projection_bias: the linear heads have a bias (SigLIP's text head).
+        bridge: ``{"type": "conse", "top_k", "temperature", "templates"}``: the image head starts as the training-free ConSE
             bridge into the text tower's space (needs an ImageNet-classifying image tower and a pretrained
-            text tower), both heads wrapped in a zero-shot ensemble.
+            text tower), both heads wrapped in a zero-shot ensemble; ``templates`` names the prompt set the
+            1,000 ImageNet class names are embedded with (``tasks/prompt_templates.py``).
     """
 
     embed_dim: int = field(metadata={"min": 1})
@@ -176,6 +191,10 @@ class DualEncoderConfig:
     init_logit_scale: float = 2.6593
     init_logit_bias: float | None = None
     bridge: dict[str, Any] | None = None
+    max_logit_scale: float | None = MAX_LOGIT_SCALE
+    image_projection: Literal["linear", "none"] = "linear"
+    text_projection: Literal["linear", "none"] = "linear"
+    projection_bias: bool = False
 
 
 def build_dual_encoder(config: dict[str, Any], where: str = "model config", for_loading: bool = False) -> DualEncoder:
@@ -184,6 +203,10 @@ def build_dual_encoder(config: dict[str, Any], where: str = "model config", for_
     spec = dataclass_from_mapping(DualEncoderConfig, config, where)
     image = build_encoder("image", spec.image, where)
     text = build_encoder("text", spec.text, where)
+    if spec.bridge is not None and (spec.image_projection, spec.text_projection, spec.projection_bias) != (
+            "linear", "linear", False):
+        raise ConfigError(f"{where}: bridge builds both heads itself; image_projection, text_projection and "
+                          "projection_bias do not apply to it")
     if spec.bridge is not None:
         from polymodal.heads.bridge_head import build_conse_image_head
 
@@ -195,13 +218,27 @@ def build_dual_encoder(config: dict[str, Any], where: str = "model config", for_
             image.encoder, text.encoder, spec.embed_dim, embed_class_names=not for_loading, **options))
         text_head: nn.Module = ZeroShotEnsembleHead(ResidualProjection(spec.embed_dim))
     else:
-        image_head = LinearProjection(image.encoder.width, spec.embed_dim)
-        text_head = LinearProjection(text.encoder.width, spec.embed_dim)
+        image_head = _projection(spec.image_projection, image.encoder.width, spec, "image", where)
+        text_head = _projection(spec.text_projection, text.encoder.width, spec, "text", where)
     model = DualEncoder(image.encoder, text.encoder, image_head, text_head, spec.init_logit_scale,
-                        spec.init_logit_bias)
+                        spec.init_logit_bias, spec.max_logit_scale)
     model.config = copy.deepcopy(config)
     model.preprocess = image.preprocess
     return model
+
+
+def _projection(kind: str, width: int, spec: DualEncoderConfig, modality: str, where: str) -> nn.Module:
+    """One tower's head into the joint space: a linear map (with a bias if the config asks), or none."""
+    if kind == "none":
+        if width != spec.embed_dim:
+            raise ConfigError(f"{where}: {modality}_projection = 'none' needs the {modality} tower's width ({width}) "
+                              f"to equal embed_dim ({spec.embed_dim})")
+        return nn.Identity()
+    head = LinearProjection(width, spec.embed_dim)
+    if spec.projection_bias:
+        # LinearProjection is CLIP's bias-free map; the bias starts at zero, so only training moves it.
+        head.proj.bias = nn.Parameter(torch.zeros(spec.embed_dim))
+    return head
 
 
 def build_contrastive_loss(config: dict[str, Any], options: LossOptions) -> nn.Module:

@@ -56,6 +56,8 @@ class FusionModelConfig:
         num_outputs: answer slots (VQA: the vocabulary's size at most) or classes.
         answers: VQA only, filled in by training: the answer of every output slot (HF's ``id2label``).
         class_names: classification only, filled in by training: the name of every class.
+        head_norm: where the MLP head's LayerNorm sits: ``"after_act"`` (Linear, GELU, LayerNorm) or
+            ``"before_act"`` (Linear, LayerNorm, GELU: ViLT's VQA classifier).
     """
 
     family: str
@@ -68,15 +70,17 @@ class FusionModelConfig:
     dropout: float = field(default=0.1, metadata={"min": 0, "max": 1})
     answers: list[str] | None = None
     class_names: list[str] | None = None
+    head_norm: Literal["after_act", "before_act"] = "after_act"
 
 
-def classifier_head(width: int, hidden: int | None, outputs: int, dropout: float) -> nn.Module:
-    """``(B, width) -> (B, outputs)``: a linear layer, or an MLP with one hidden GELU layer (the VQA heads of
-    Anderson et al. 2018 and ViLT)."""
+def classifier_head(width: int, hidden: int | None, outputs: int, dropout: float,
+                    norm: Literal["after_act", "before_act"] = "after_act") -> nn.Module:
+    """``(B, width) -> (B, outputs)``: a linear layer, or an MLP with one hidden GELU layer and a LayerNorm
+    after the activation (Anderson et al. 2018; LXMERT) or before it (``norm="before_act"``: ViLT)."""
     if hidden is None:
         return nn.Sequential(nn.Dropout(dropout), nn.Linear(width, outputs))
-    return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.LayerNorm(hidden), nn.Dropout(dropout),
-                         nn.Linear(hidden, outputs))
+    middle = [nn.GELU(), nn.LayerNorm(hidden)] if norm == "after_act" else [nn.LayerNorm(hidden), nn.GELU()]
+    return nn.Sequential(nn.Linear(width, hidden), *middle, nn.Dropout(dropout), nn.Linear(hidden, outputs))
 
 
 class FusionModel(nn.Module):
@@ -191,9 +195,10 @@ def build_fusion_model(config: dict[str, Any], where: str = "model config", for_
             fusion = build_fusion(section.kind, widths, section.dim, **section.options)
         except ValueError as error:
             raise ConfigError(f"{where}: fusion: {error}") from None
-        heads["fused"] = classifier_head(section.dim, spec.head_hidden, spec.num_outputs, spec.dropout)
+        heads["fused"] = classifier_head(section.dim, spec.head_hidden, spec.num_outputs, spec.dropout,
+                                         spec.head_norm)
     if section.level in ("late", "hybrid"):
-        heads.update({name: classifier_head(width, spec.head_hidden, spec.num_outputs, spec.dropout)
+        heads.update({name: classifier_head(width, spec.head_hidden, spec.num_outputs, spec.dropout, spec.head_norm)
                       for name, width in widths.items()})
         branches = list(widths) + (["fused"] if fusion is not None else [])
         late = LateFusion(branches, section.combine, widths if section.combine == "gate" else None)
