@@ -13,6 +13,7 @@ from torch import nn
 
 from polymodal.data.records import ImageTextRecord, ImageTextSet
 from polymodal.data.tokenizers import TextTokenizer
+from polymodal.tasks.prompt_templates import resolve_templates
 from polymodal.tasks.zero_shot import evaluate_zero_shot, zero_shot_classifier
 
 CLASSES = ["cat", "dog", "bird", "fish", "frog", "horse", "snake"]  # C = 7, so top-5 can miss
@@ -132,10 +133,12 @@ def test_error_paths() -> None:
     model = LookupModel(tokenizer, prompt_vectors(), torch.eye(DIM))
     with pytest.raises(ValueError, match="class_names is empty"):
         zero_shot_classifier(model, tokenizer, [], TEMPLATES)
-    with pytest.raises(ValueError, match=r"every template needs a '\{\}'"):
+    with pytest.raises(ValueError, match=r"template 'a photo.' needs exactly one '\{\}'"):
         zero_shot_classifier(model, tokenizer, CLASSES, ["a photo of a {}.", "a photo."])
-    with pytest.raises(ValueError, match=r"every template needs a '\{\}'"):
+    with pytest.raises(ValueError, match="no prompt templates given"):
         zero_shot_classifier(model, tokenizer, CLASSES, [])
+    with pytest.raises(ValueError, match="unknown template set 'imagenet81'"):
+        zero_shot_classifier(model, tokenizer, CLASSES, "imagenet81")
     with pytest.raises(ValueError, match="lookup has no class names"):
         evaluate_zero_shot(model, tokenizer, pixel_set([0, 1], class_names=None), pixel_value, TEMPLATES)
     with pytest.raises(ValueError, match="lookup has no class names"):
@@ -143,3 +146,11 @@ def test_error_paths() -> None:
     with pytest.raises(ValueError, match="lookup: some records have no label"):
         evaluate_zero_shot(model, tokenizer, pixel_set([0, None]), pixel_value, TEMPLATES)
     assert model.prompts_seen == 0, "every error is raised before any text is embedded"
+
+
+def test_imagenet_templates_are_the_clip_papers_80() -> None:
+    """The peer's copy of OpenAI's list (open_clip's zero-shot metadata) is the reference."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    assert list(resolve_templates("imagenet")) == [template("{}") for template in OPENAI_IMAGENET_TEMPLATES]
+    assert len(set(resolve_templates("imagenet"))) == 80

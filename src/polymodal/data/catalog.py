@@ -90,15 +90,48 @@ def load_dataset(
     return _sample(read_dataset(path, split=split, skip_bad=skip_bad), size)
 
 
-def load_data_spec(spec: Any, skip_bad: bool = False) -> ImageTextSet:
+def load_data_spec(spec: Any, skip_bad: bool = False, seed: int = 0) -> ImageTextSet:
     """What a run config or ``--data`` names → an :class:`ImageTextSet`: a catalog name, a path, or a mapping
-    ``{name: ..., split: ..., size: ..., <loader options>}``."""
+    ``{name: ..., split: ..., size: ..., shots_per_class: ..., <loader options>}``.
+
+    ``shots_per_class: K`` keeps K records of every class (:func:`few_shot`), drawn with ``seed`` (a run passes
+    its ``train.seed``, so ``--set train.seed=2`` draws another K-shot set); it applies after ``size``.
+    """
     if isinstance(spec, (str, Path)):
         return load_dataset(spec, skip_bad=skip_bad)
     if isinstance(spec, dict) and "name" in spec:
         options = dict(spec)
-        return load_dataset(options.pop("name"), skip_bad=skip_bad, **options)
+        shots = options.pop("shots_per_class", None)
+        dataset = load_dataset(options.pop("name"), skip_bad=skip_bad, **options)
+        return dataset if shots is None else few_shot(dataset, shots, seed)
     raise ValueError(f"a dataset is a name, a path or a mapping with 'name', got {spec!r}")
+
+
+def few_shot(dataset: ImageTextSet, shots_per_class: int, seed: int) -> ImageTextSet:
+    """``shots_per_class`` records of every class, drawn at random with ``seed`` and kept in the set's order: the
+    K-shot training sets of few-shot learning (CoOp: K = 1, 2, 4, 8, 16, several seeds).
+
+    Raises:
+        ValueError: K is not a positive integer, the set is not labelled, or a class has fewer than K records
+            (the message names the first such class).
+    """
+    if isinstance(shots_per_class, bool) or not isinstance(shots_per_class, int) or shots_per_class < 1:
+        raise ValueError(f"{dataset.name}: shots_per_class = {shots_per_class!r}: expected a positive integer")
+    if not dataset.class_names:
+        raise ValueError(f"{dataset.name}: shots_per_class needs a labelled set (one with class names)")
+    by_class: list[list[int]] = [[] for _ in dataset.class_names]
+    for index, record in enumerate(dataset.records):
+        if record.label is None:
+            raise ValueError(f"{dataset.name}: shots_per_class needs every record labelled; {record.key} has no label")
+        by_class[record.label].append(index)
+    draw = random.Random(seed)
+    chosen: list[int] = []
+    for name, indices in zip(dataset.class_names, by_class):
+        if len(indices) < shots_per_class:
+            raise ValueError(f"{dataset.name}: shots_per_class = {shots_per_class}, but class {name!r} has only "
+                             f"{len(indices)} record(s)")
+        chosen.extend(draw.sample(indices, shots_per_class))
+    return dataset.subset(sorted(chosen), f"{dataset.name}-{shots_per_class}shot-seed{seed}")
 
 
 def split_train_val(dataset: ImageTextSet, fraction: float, seed: int) -> tuple[ImageTextSet, ImageTextSet]:

@@ -10,10 +10,12 @@ from typing import Any
 
 from torch import nn
 
+from polymodal.encoders.checkpoint_tower import resolve_checkpoint_towers, tower_weights_skipped
 from polymodal.models.captioner import CAPTIONER
 from polymodal.models.dual_encoder import DUAL_ENCODER
 from polymodal.models.family import TASK_NAMES, LossOptions, ModelFamily, Task
 from polymodal.models.fusion_model import MULTIMODAL_CLASSIFIER, VQA
+from polymodal.models.prompt_learner import PROMPT_LEARNER
 from polymodal.typed_config import ConfigError
 
 __all__ = ["build_loss", "build_model", "family_of", "list_families", "register_family"]
@@ -22,7 +24,7 @@ __all__ = ["build_loss", "build_model", "family_of", "list_families", "register_
 DEFAULT_FAMILY = DUAL_ENCODER.name
 
 _FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (DUAL_ENCODER, VQA, MULTIMODAL_CLASSIFIER,
-                                                                        CAPTIONER)}
+                                                                        CAPTIONER, PROMPT_LEARNER)}
 
 
 def register_family(
@@ -62,8 +64,17 @@ def family_of(config: Mapping[str, Any], where: str = "model config") -> ModelFa
 
 
 def build_model(config: Mapping[str, Any], where: str = "model config", for_loading: bool = False) -> nn.Module:
-    """Build the model a config describes, with its family's builder."""
-    return family_of(config, where).build(dict(config), where, for_loading)
+    """Build the model a config describes, with its family's builder.
+
+    ``checkpoint`` tower sections are resolved first (``encoders/checkpoint_tower.py``), so the model's config
+    describes every tower itself; ``for_loading`` builds those towers without reading their source weights.
+    """
+    family = family_of(config, where)
+    resolved = resolve_checkpoint_towers(config, where)
+    if not for_loading:
+        return family.build(resolved, where, for_loading)
+    with tower_weights_skipped():
+        return family.build(resolved, where, for_loading)
 
 
 def build_loss(config: Mapping[str, Any], options: LossOptions | None = None) -> nn.Module:

@@ -5,6 +5,7 @@ every global batch.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,8 @@ class RunData:
 
 def load_run_data(data: DataConfig, seed: int, questions: bool = False) -> RunData:
     """The run's datasets; ``questions``: read them as VQA sets (one record per question, with its answers)."""
-    load = load_vqa_spec if questions else load_data_spec
+    # A few-shot spec (``shots_per_class``) draws its records with the run's seed.
+    load = load_vqa_spec if questions else functools.partial(load_data_spec, seed=seed)
     shard_dir = None if questions else shard_dir_of(data.train)
     train_set = None if shard_dir is not None else load(data.train, data.skip_bad)
     val_set = load(data.val, data.skip_bad) if data.val else None

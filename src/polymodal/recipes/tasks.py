@@ -135,12 +135,14 @@ def _fusion_tower_outputs(context: RunContext, modalities: list[str], dataset: I
     """A fusion model's frozen image tower over ``dataset``'s distinct images and frozen text tower over ``texts``'
     distinct texts, keeping what its fusion reads (:meth:`~polymodal.models.fusion_model.FusionModel.cached_parts`)."""
     model, precision = context.model, context.tower_precision
+    # A model around another one (a prompt learner around its dual encoder) names its towers' config sections.
+    tower_config = getattr(model, "tower_config", lambda modality: model.config[modality])
     images = texts_out = None
     if "image" in modalities:
-        images = image_tower_outputs(model.encoders["image"], model.config["image"], model.preprocess, dataset,
+        images = image_tower_outputs(model.encoders["image"], tower_config("image"), model.preprocess, dataset,
                                      context.device, model.cached_parts("image"), precision, progress)
     if "text" in modalities:
-        texts_out = text_tower_outputs(model.encoders["text"], model.config["text"], context.tokenizer, texts,
+        texts_out = text_tower_outputs(model.encoders["text"], tower_config("text"), context.tokenizer, texts,
                                        context.device, model.cached_parts("text"), precision, progress)
     _log_cache(dataset, images, texts_out)
     return images, texts_out
@@ -209,6 +211,8 @@ class ClassificationTask:
                                  f"has {len(classes)} classes: set model.num_outputs={len(classes)}")
             if not config.get("class_names"):
                 config["class_names"] = list(classes)  # saved in config.json: what each output means
+        if hasattr(context.model, "use_class_names"):  # a model that builds its classifier from the names (CoOp)
+            context.model.use_class_names(classes)
         self.frozen = _frozen_fusion_towers(context)
 
     def _cached_dataset(self, dataset: ImageTextSet, transform, seed: int, progress: bool) -> CachedLabelledDataset:

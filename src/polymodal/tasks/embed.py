@@ -35,6 +35,9 @@ class _ImageOnly(Dataset):
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
+    if not isinstance(model, torch.nn.Module):
+        # An onnxruntime-backed encoder (interop/onnx_export.OnnxDualEncoder) has no parameters: it names its device.
+        return model.device
     return next(model.parameters()).device
 
 
