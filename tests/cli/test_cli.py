@@ -117,7 +117,8 @@ def test_data_export_vqa_writes_v2_questions_and_annotations(tmp_path):
 
 
 def test_help_teaches_every_verb():
-    for verb in ("quickstart", "train", "eval", "embed", "index", "search", "data"):
+    for verb in ("quickstart", "train", "eval", "vqa", "caption", "zero-shot", "embed", "index", "search", "serve",
+                 "convert", "data"):
         done = polymodal(verb, "--help")
         assert done.returncode == 0 and "usage: polymodal" in done.stdout
 
@@ -146,3 +147,52 @@ def test_eval_names_file_and_line_of_a_malformed_row(workspace, tmp_path):
     assert done.returncode == 2 and f"{bad}" in done.stderr and "line 2" in done.stderr
     done = polymodal("eval", str(workspace / "run"), "--data", str(bad), "--skip-bad", "--json")
     assert done.returncode == 0 and json.loads(done.stdout)["skipped"] == 1
+
+
+def test_zero_shot_matches_clips_recipe_computed_by_hand(workspace):
+    """Reference: per label, the mean of its normalised prompt embeddings, renormalised; softmax of
+    exp(logit_scale) * cosine over the labels — computed here with the model's own encoders, not the library."""
+    from polymodal.model_io import load_for_inference
+
+    images = sorted((workspace / "val").glob("**/*.png"))[:3]
+    labels, templates = ["circle", "square", "star"], ["a {}.", "a {} shape."]
+    done = polymodal("zero-shot", str(workspace / "run"), "--labels", ",".join(labels), "--template", templates[0],
+                     "--template", templates[1],                     "-k", "3", "--json", *map(str, images))
+    assert done.returncode == 0, done.stderr
+    predicted = json.loads(done.stdout)["predictions"]
+
+    loaded = load_for_inference(workspace / "run", "cpu")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    with torch.no_grad():
+        per_label = []
+        for label in labels:
+            tokens = tokenizer([template.format(label) for template in templates])
+            prompts = torch.nn.functional.normalize(model.encode_text(tokens["input_ids"], tokens["attention_mask"]))
+            per_label.append(torch.nn.functional.normalize(prompts.mean(0), dim=0))
+        from PIL import Image
+        pixels = torch.stack([loaded.transform(Image.open(path).convert("RGB")) for path in images])
+        cosine = model.encode_image(pixels) @ torch.stack(per_label).T
+        expected = (model.logit_scale.exp() * cosine).softmax(-1)
+    for row, probabilities in zip(predicted, expected):
+        ranked = sorted(zip(labels, probabilities.tolist()), key=lambda pair: -pair[1])
+        assert [entry["label"] for entry in row["labels"]] == [label for label, _ in ranked]
+        assert [entry["probability"] for entry in row["labels"]] == pytest.approx([p for _, p in ranked], abs=1e-4)
+
+
+def test_zero_shot_reads_a_labels_file_and_refuses_bad_labels(workspace, tmp_path):
+    image = str(next((workspace / "val").glob("**/*.png")))
+    labels_file = tmp_path / "labels.txt"
+    labels_file.write_text("# shapes\ncircle\n\nsquare\n")
+    done = polymodal("zero-shot", str(workspace / "run"), "--labels-file", str(labels_file), image, "--json")
+    assert done.returncode == 0, done.stderr
+    assert {entry["label"] for entry in json.loads(done.stdout)["predictions"][0]["labels"]} == {"circle", "square"}
+    for args, message in [(("--labels", " , "), "--labels: no labels given"),
+                          (("--labels", "circle,circle"), "label 'circle' is given twice"),
+                          (("--labels-file", str(tmp_path / "none.txt")), "none.txt: no such file"),
+                          (("--labels", "a,b", "--templates", "a photo"), "unknown template set 'a photo'"),
+                          (("--labels", "a,b", "--template", "x {}", "--template", "y"),
+                           "template 'y' needs exactly one '{}'")]:
+        done = polymodal("zero-shot", str(workspace / "run"), *args, image)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    done = polymodal("zero-shot", str(workspace / "run"), "--labels", "a,b", str(tmp_path / "missing.png"))
+    assert done.returncode == 2 and "missing.png" in done.stderr

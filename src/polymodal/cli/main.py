@@ -8,7 +8,8 @@ import sys
 
 from polymodal import __version__
 
-VERBS = ("quickstart", "train", "eval", "vqa", "caption", "embed", "index", "search", "data")
+VERBS = ("quickstart", "train", "eval", "vqa", "caption", "zero-shot", "embed", "index", "search", "serve", "convert",
+         "data")
 
 DESCRIPTION = """\
 polymodal: build, train, evaluate and search multimodal (image-text) models.
@@ -27,7 +28,8 @@ typical session:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from polymodal.cli import caption, data, embed, evaluate, index, quickstart, search, train, vqa
+    from polymodal.cli import (caption, convert, data, embed, evaluate, index, quickstart, search, serve, train, vqa,
+                               zero_shot)
 
     parser = argparse.ArgumentParser(
         prog="polymodal", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error (for bug reports); also POLYMODAL_DEBUG=1")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    for module in (quickstart, train, evaluate, vqa, caption, embed, index, search, data):
+    for module in (quickstart, train, evaluate, vqa, caption, zero_shot, embed, index, search, serve, convert, data):
         module.register(verbs)
     return parser
 

@@ -201,6 +201,10 @@ class VectorIndex:
     def __len__(self) -> int:
         return len(self._keys)
 
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` is stored (a set lookup; :attr:`keys` copies the whole table)."""
+        return key in self._key_set
+
     @property
     def dim(self) -> int:
         """Dimension D of the stored vectors."""
@@ -233,6 +237,12 @@ class VectorIndex:
         if value < 1:
             raise ValueError(f"ef_search must be >= 1, got {value}")
         self._approximate("hnsw").hnsw.efSearch = value
+
+    def copy(self) -> VectorIndex:
+        """An independent copy (vectors, keys, settings): a live service adds to a copy and saves it, then swaps
+        it in, so searches never see an item that is not yet on disk and a failed save changes nothing."""
+        return VectorIndex(faiss.clone_index(self._index), self._keys, self.kind, self.metric, self.normalize,
+                           self.model_name, self.checkpoint, self.metadata)
 
     def add(self, vectors: np.ndarray, keys: Sequence[str]) -> None:
         """Append vectors (N, D) or one vector (D,) under ``keys``; their ids continue from ``len(self)``."""

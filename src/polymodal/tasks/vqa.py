@@ -2,7 +2,7 @@
 it with the official accuracy."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from PIL import Image
@@ -15,7 +15,8 @@ from polymodal.data.tokenizers import TextTokenizer
 from polymodal.data.vqa import AnswerVocab
 from polymodal.metrics.vqa import VQAReport, vqa_report
 
-__all__ = ["answer_question", "answer_vocab_of", "evaluate_vqa", "predict_answers", "question_loader", "vqa_metrics"]
+__all__ = ["answer_question", "answer_questions", "answer_vocab_of", "evaluate_vqa", "predict_answers",
+           "question_loader", "vqa_metrics"]
 
 
 def answer_vocab_of(model: nn.Module) -> AnswerVocab:
@@ -76,12 +77,23 @@ def answer_question(
     image: Image.Image, question: str, top_k: int = 5,
 ) -> list[tuple[str, float]]:
     """The ``top_k`` answers to ``question`` about ``image``, with their probabilities."""
+    return answer_questions(model, tokenizer, transform, [image], [question], top_k)[0]
+
+
+def answer_questions(
+    model: nn.Module, tokenizer: TextTokenizer | None, transform: Callable[[Image.Image], torch.Tensor] | None,
+    images: Sequence[Image.Image], questions: Sequence[str], top_k: int = 5,
+) -> list[list[tuple[str, float]]]:
+    """Per (image, question) pair, the ``top_k`` answers with their probabilities, in one forward pass (what a
+    server batching concurrent questions calls)."""
+    if len(images) != len(questions):
+        raise ValueError(f"{len(images)} images for {len(questions)} questions; give one image per question")
     batch: dict[str, torch.Tensor] = {}
     if model.preprocess is not None and transform is not None:
-        batch["image"] = transform(image)[None]
+        batch["image"] = torch.stack([transform(image) for image in images])
     if tokenizer is not None:
-        batch.update(tokenizer([question]))
-    return predict_answers(model, [batch], top_k)[0]
+        batch.update(tokenizer(list(questions)))
+    return predict_answers(model, [batch], top_k)
 
 
 def vqa_metrics(report: VQAReport) -> dict[str, float]:
