@@ -53,10 +53,11 @@ def checkpoint_kind(path: str | Path) -> str:
         raise ValueError(f"{path}: no such checkpoint file or directory")
     if (path / "config.json").is_file():
         config = _config_of(path)
-        if "family" in config:
-            return "polymodal"
         if "model_type" in config:
             return f"hf:{config['model_type']}"
+        # polymodal configs name their family (older ones may not: dual_encoder is the default one).
+        if "family" in config or (path / "model.safetensors").is_file():
+            return "polymodal"
         raise ValueError(f"{path / 'config.json'}: neither a polymodal config (no 'family') nor an HF one "
                          "(no 'model_type')")
     try:
