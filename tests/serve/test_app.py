@@ -20,8 +20,8 @@ from polymodal.index import VectorIndex
 from polymodal.model_io import load_for_inference
 from polymodal.serve import ServeSettings, UploadLimits, create_app
 from polymodal.tasks.captioning import generate_captions
-from polymodal.tasks.vqa import answer_question
 from polymodal.tasks.zero_shot import class_probabilities, zero_shot_classifier
+from tests.serve.conftest import reference_answers
 from tests.serve.fuzz_uploads import (
     MAX_BYTES,
     MAX_PIXELS,
@@ -141,7 +141,7 @@ def test_vqa_answers_as_the_library_does(client, world):
         bodies = list(pool.map(lambda q: client.post("/vqa", data={"question": q, "key": str(image), "k": 3}).json(),
                                questions))
     for question, body in zip(questions, bodies):
-        expected = answer_question(vqa.model, vqa.tokenizer, vqa.transform, open_image_file(image), question, 3)
+        expected = reference_answers(vqa, open_image_file(image), question, 3)
         assert [row["answer"] for row in body["answers"]] == [answer for answer, _ in expected]
         np.testing.assert_allclose([row["probability"] for row in body["answers"]], [p for _, p in expected],
                                    atol=1e-5)

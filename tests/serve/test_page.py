@@ -14,8 +14,7 @@ import pytest
 from polymodal.data.records import open_image_file
 from polymodal.model_io import load_for_inference
 from polymodal.tasks.captioning import generate_captions
-from polymodal.tasks.vqa import answer_question
-from tests.serve.conftest import ServerProcess
+from tests.serve.conftest import ServerProcess, reference_answers
 from tests.serve.fuzz_uploads import good_uploads
 
 pytestmark = pytest.mark.slow  # trains three small models (~1 min on 2 cores), then drives a browser
@@ -103,7 +102,7 @@ def test_search_ask_and_caption_in_a_browser(server, page, trained_world, tmp_pa
     page.keyboard.press("Enter")
     page.wait_for_selector("#answers li")
     vqa = load_for_inference(trained_world.vqa, "cpu")
-    expected = answer_question(vqa.model, vqa.tokenizer, vqa.transform, open_image_file(first_key), question, 5)
+    expected = reference_answers(vqa, open_image_file(first_key), question, 5)
     assert page.locator("#answers .bar-label").all_inner_texts() == [answer for answer, _ in expected]
     shown_top = float(page.locator("#answers .bar-value").first.inner_text().rstrip("%"))
     assert shown_top == pytest.approx(100 * expected[0][1], abs=0.051)
@@ -131,6 +130,16 @@ def test_search_ask_and_caption_in_a_browser(server, page, trained_world, tmp_pa
     all_images_loaded(page, "#grid")
     assert page.locator(".tile").first.get_attribute("title").splitlines()[1] == str(uploaded)
     assert page.console_errors == []
+
+    # Add a new image to the index from the page: it is saved, counted, and found by searching with it.
+    page.set_input_files("#file", files=[{"name": "new.png", "mimeType": "image/png",
+                                          "buffer": good_uploads()["png"]}])
+    page.click("#add")
+    wait_until(lambda: "Added as upload/" in page.inner_text("#image-message"), "the add")
+    wait_until(lambda: "25 images" in page.inner_text("#status"), "the new index size")
+    page.click("#similar")
+    wait_until(lambda: page.locator(".tile").first.get_attribute("title").splitlines()[1].startswith("upload/"),
+               "the added image to come first")
 
     # An error state: a file cut short is refused by the server, and the page says why.
     page.set_input_files("#file", files=[{"name": "broken.png", "mimeType": "image/png",

@@ -3,11 +3,15 @@ index save, and by a real SIGKILL) it leaves the last good index loadable and a 
 fuzzed uploads over real HTTP all get a 4xx and the server stays healthy."""
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -152,3 +156,20 @@ def test_fuzzed_uploads_get_4xx_and_the_server_stays_healthy(serve_world, tmp_pa
         assert server.process.poll() is None
     finally:
         server.stop()
+
+
+def test_the_load_benchmark_runs_without_failures(serve_world, tmp_path):
+    """benchmarks/serve_load.py end to end at a small size: a server process, three levels of concurrent
+    clients from this second process, zero failed requests, and under load calls that answer several requests."""
+    index = serve_world.index_copy(tmp_path / "index")
+    benchmarks = Path(__file__).resolve().parents[2] / "benchmarks"
+    done = subprocess.run([sys.executable, "serve_load.py", "--index", str(index), "--requests", "64", "--warmup",
+                           "8", "--concurrency", "1", "8", "32", "--out", str(tmp_path / "report")],
+                          cwd=benchmarks, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "report" / "serve_load.json").read_text())
+    assert [row["concurrency"] for row in report["rows"]] == [1, 8, 32]
+    assert all(row["requests"] == 64 and row["failed"] == 0 for row in report["rows"])
+    assert report["rows"][0]["requests_per_model_call"] == 1.0 and report["rows"][2]["requests_per_model_call"] > 2
+    assert report["rows"][2]["p50_ms"] >= report["rows"][0]["p50_ms"] > 0
+    assert "| 32 | 64 | 0 |" in (tmp_path / "report" / "serve_load.md").read_text()

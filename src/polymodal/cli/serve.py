@@ -48,7 +48,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--quickstart", default=DEFAULT_QUICKSTART,
                         help=f"quickstart output served when --index is not given (default: {DEFAULT_QUICKSTART})")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     parser.add_argument("--api-key", dest="api_key", default=os.environ.get(API_KEY_ENV),
                         help=f"key required by write endpoints (default: ${API_KEY_ENV}; none: writes are open)")
     parser.add_argument("--max-upload-mb", dest="max_upload_mb", type=float, default=10.0,
@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.checkpoint is not None:
         raise ValueError("--checkpoint needs --index DIR (a new folder starts an empty index)")
     else:
-        settings = quickstart_settings(_quickstart_outputs(Path(args.quickstart)), **options)
+        settings = quickstart_settings(args.quickstart, say=lambda line: print(f"polymodal serve: {line}", flush=True),
+                                       **options)
         if args.images:
             settings = replace(settings, image_sets=settings.image_sets + tuple(args.images))
     if args.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
@@ -107,15 +108,3 @@ def _path(value: str | None):
     from pathlib import Path
 
     return Path(value) if value else None
-
-
-def _quickstart_outputs(run_dir):
-    """``run_dir`` holding a finished quickstart; runs the quickstart there first when it has none."""
-    from polymodal.recipes.quickstart import run_quickstart
-
-    if (run_dir / "metrics.json").is_file() and (run_dir / "index").is_dir():
-        return run_dir
-    print(f"polymodal serve: no quickstart outputs in {run_dir}; running `polymodal quickstart --out {run_dir}` "
-          "first (a few minutes on a CPU, once)", flush=True)
-    run_quickstart(run_dir, progress=True, say=lambda message: print(message, flush=True))
-    return run_dir

@@ -56,10 +56,10 @@ index `polymodal serve` was started with. Every POST takes multipart/form-data; 
 status (503 when a model is not configured or its queue is full)."""
 
 
-def create_app(settings: ServeSettings, service: Service | None = None) -> FastAPI:
-    """The FastAPI app serving ``settings`` (the models and index are loaded here, once, unless ``service`` is
-    given already loaded)."""
-    service = service or Service(settings)
+def create_app(settings: ServeSettings) -> FastAPI:
+    """The FastAPI app serving ``settings``; the models and index are loaded here, once, so a bad checkpoint or
+    index fails before anything listens."""
+    service = Service(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -5,8 +5,8 @@ loop never runs model code. A :class:`MicroBatcher` queues single items (a text 
 takes the first one, gathers more for at most ``max_wait_ms`` (or until ``max_batch``), and hands the batch to
 the worker as one call. While that call runs, new requests wait in the queue and make up the next batch, so
 under load the batch grows by itself and one forward pass answers many clients. The wait is only for as many
-requests as the previous call answered, so a lone client never waits at all. A full queue refuses new work with a 503 at once (fail soft) instead of letting latency grow
-without bound.
+requests as the previous call answered, so a lone client never waits at all. A full queue refuses new work with
+a 503 at once (fail soft) instead of letting latency grow without bound.
 """
 from __future__ import annotations
 

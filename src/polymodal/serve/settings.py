@@ -1,6 +1,7 @@
 """What a service serves and how: :class:`ServeSettings`, and the settings that serve the quickstart's outputs."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -78,16 +79,24 @@ class ServeSettings:
         return self.limits.max_bytes * self.max_images_per_add + _FORM_ROOM
 
 
-def quickstart_settings(run_dir: str | Path, **options: Any) -> ServeSettings:
+def quickstart_settings(run_dir: str | Path, say: Callable[[str], None] = lambda line: None,
+                        **options: Any) -> ServeSettings:
     """Settings serving what ``polymodal quickstart --out RUN_DIR`` wrote: its index (which names its model) and
-    the data sets the index's images come from (the quickstart recipe's, read from ``metrics.json``'s world)."""
-    from polymodal.recipes.quickstart import (  # the recipe module imports training
+    the data sets the index's images come from (the quickstart recipe's, read from ``metrics.json``'s world).
+    When ``run_dir`` holds no finished quickstart, the quickstart runs there first (minutes on a CPU, once);
+    ``say`` receives a line for each of its stages."""
+    from polymodal.recipes.quickstart import (  # imports training
         real_recipe,
+        run_quickstart,
         shapes_recipe,
     )
 
     run_dir = Path(run_dir)
-    metrics = read_json(run_dir / "metrics.json", "quickstart metrics (run `polymodal quickstart` first)")
+    if not (run_dir / "metrics.json").is_file() or not (run_dir / "index").is_dir():
+        say(f"no quickstart outputs in {run_dir}: running `polymodal quickstart --out {run_dir}` first (a few "
+            "minutes on a CPU, once)")
+        run_quickstart(run_dir, progress=True, say=say)
+    metrics = read_json(run_dir / "metrics.json", "quickstart metrics")
     world = metrics.get("world") if isinstance(metrics, dict) else None
     if world not in ("real", "shapes"):
         raise ValueError(f"{run_dir / 'metrics.json'}: unknown quickstart world {world!r}")
