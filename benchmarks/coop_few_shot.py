@@ -156,7 +156,11 @@ def coop_run(world: World, base: Path, variant: dict[str, Any], shots: int, seed
 def plot(results: dict[str, Any], out_png: Path) -> None:
     """Top-1 against shots per class (mean ± std over seeds) per CoOp variant, zero-shot baselines as lines."""
     figure, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.4), dpi=120, squeeze=False)
-    for axis, (name, world) in zip(axes[0], results.items()):
+    for axis, world in zip(axes[0], results.values()):
+        axis.axhline(100 / world["classes"], color="gray", linestyle=":", linewidth=1, label="chance")
+        if world["linear_probe"] is not None:
+            axis.axhline(world["linear_probe"], color="black", linestyle=":", linewidth=1,
+                         label=f"linear probe, {world['probe_images']} labelled images")
         for index, (label, top) in enumerate(world["zero_shot"].items()):
             axis.axhline(top, color=f"C{index}", linestyle="--", linewidth=1, label=f"zero-shot: {label}")
         for index, (label, by_shots) in enumerate(world["coop"].items(), start=len(world["zero_shot"])):
@@ -169,7 +173,7 @@ def plot(results: dict[str, Any], out_png: Path) -> None:
         axis.set_xlabel("training images per class")
         axis.set_ylabel("test top-1 (%)")
         axis.set_title(world["title"], fontsize=10)
-        axis.legend(fontsize=7, loc="lower right")
+        axis.legend(fontsize=7, loc="best")
     figure.tight_layout()
     figure.savefig(out_png)
     plt.close(figure)
@@ -184,9 +188,9 @@ def report(results: dict[str, Any], settings: dict[str, Any], command: str) -> l
              f"cosine decay. "
              f"CPU ({settings['processor']}), {settings['threads']} thread(s).", ""]
     shots = settings["shots"]
-    for name, world in results.items():
-        lines += [f"### {world['title']} — base {world['model']}, {world['classes']} classes, "
-                  f"{world['test_images']} test images, lr {world['lr']:g}", "",
+    for world in results.values():
+        lines += [f"### {world['title']} — base {world['model']}, {world['classes']} classes (chance "
+                  f"{100 / world['classes']:.1f}), {world['test_images']} test images, lr {world['lr']:g}", "",
                   "| method | zero-shot | " + " | ".join(f"{k} shot{'s' if k > 1 else ''}" for k in shots) + " |",
                   "| --- | ---: |" + " ---: |" * len(shots)]
         for label, top in world["zero_shot"].items():

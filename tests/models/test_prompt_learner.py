@@ -36,7 +36,7 @@ TINY_BASE = {
     "text": {"type": "transformer", "context_length": 24, "vocab_size": 300, "width": 32, "layers": 2, "heads": 2,
              "pool": "mean"},
 }
-TRAIN = {"epochs": 20, "batch_size": 6, "lr": 0.2, "weight_decay": 0.0, "warmup_steps": 0, "precision": "fp32",
+TRAIN = {"epochs": 20, "batch_size": 6, "lr": 0.4, "weight_decay": 0.0, "warmup_steps": 0, "precision": "fp32",
          "log_every": 5}
 
 

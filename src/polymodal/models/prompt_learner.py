@@ -180,12 +180,12 @@ class PromptLearner(nn.Module):
                 raise ValueError(f"class name {name!r}: the tokens of {name + '.'!r} do not start with those of it")
             tail = spelled[len(name_ids):]
             if self.class_token_position == "end":
-                middle = [CTX] * M + spelled
+                inner = [CTX] * M + spelled
             elif self.class_token_position == "middle":
-                middle = [CTX] * (M // 2) + name_ids + [CTX] * (M - M // 2) + tail
+                inner = [CTX] * (M // 2) + name_ids + [CTX] * (M - M // 2) + tail
             else:
-                middle = name_ids + [CTX] * M + tail
-            row = self._leading + middle + self._trailing
+                inner = name_ids + [CTX] * M + tail
+            row = self._leading + inner + self._trailing
             if len(row) > self.tokenizer.context_length:
                 raise ValueError(f"the prompt of class {name!r} is {len(row)} tokens ({M} context vectors) but the "
                                  f"base reads at most {self.tokenizer.context_length}: lower context_length")
