@@ -8,8 +8,7 @@ import torch
 from transformers import BertConfig, BertModel, CLIPModel
 
 import polymodal
-from polymodal.encoders.build import build_tokenizer
-from polymodal.models.registry import build_model
+from polymodal.interop.towers import build_model_with_towers, tower_tokenizer
 from polymodal.typed_config import ConfigError
 
 from .helpers import VQA_QUESTIONS, perturb, tiny_bert_tokenizer
@@ -33,9 +32,9 @@ def vqa_config(image: dict, text: dict) -> dict:
 
 
 def test_clip_image_tower_and_bert_text_tower_in_a_vqa_model(hf_clip_dir, hf_bert_dir):
-    model = build_model(vqa_config({"type": "checkpoint", "path": str(hf_clip_dir), "frozen": True},
+    model = build_model_with_towers(vqa_config({"type": "checkpoint", "path": str(hf_clip_dir), "frozen": True},
                                    {"type": "checkpoint", "path": str(hf_bert_dir), "context_length": 24})).eval()
-    tokenizer = build_tokenizer(model.config["text"], lambda: iter(()))
+    tokenizer = tower_tokenizer(model.config["text"], lambda: iter(()))
     image = torch.randn(2, 3, 32, 32)
     tokens = tokenizer(VQA_QUESTIONS[:2])
     with torch.no_grad():
@@ -63,8 +62,8 @@ def test_a_saved_model_loads_without_the_source_checkpoints(hf_clip_dir, hf_bert
     shutil.copytree(hf_bert_dir, bert_copy)
     config = vqa_config({"type": "checkpoint", "path": str(clip_copy)},
                         {"type": "checkpoint", "path": str(bert_copy), "context_length": 24})
-    model = build_model(config).eval()
-    tokenizer = build_tokenizer(model.config["text"], lambda: iter(()))
+    model = build_model_with_towers(config).eval()
+    tokenizer = tower_tokenizer(model.config["text"], lambda: iter(()))
     saved = polymodal.save_model(model, tmp_path / "model", tokenizer)
     shutil.rmtree(clip_copy)
     shutil.rmtree(bert_copy)
@@ -85,7 +84,7 @@ def test_polymodal_checkpoint_tower_and_a_new_text_tower(tmp_path):
     saved = polymodal.save_model(source, tmp_path / "source")
     config = polymodal.factory.get_model_config("clip-tiny")
     config["image"] = {"type": "checkpoint", "path": str(saved), "frozen": True}
-    model = build_model(config)
+    model = build_model_with_towers(config)
     for (name, ours), theirs in zip(model.image_encoder.state_dict().items(), source.image_encoder.state_dict().values()):
         assert torch.equal(ours, theirs), name
     assert not torch.equal(model.text_encoder.token_embed.weight, source.text_encoder.token_embed.weight)
@@ -99,19 +98,19 @@ def test_polymodal_checkpoint_tower_and_a_new_text_tower(tmp_path):
 def test_bad_sections_name_the_key(hf_clip_dir, section, message):
     section = {key: str(hf_clip_dir) if value == "PATH" else value for key, value in section.items()}
     with pytest.raises(ConfigError, match=message):
-        build_model(vqa_config(section, {"type": "gru", "vocab_size": 64, "context_length": 8, "width": 16}))
+        build_model_with_towers(vqa_config(section, {"type": "gru", "vocab_size": 64, "context_length": 8, "width": 16}))
 
 
 def test_bad_sources_name_the_file(hf_clip_dir, hf_bert_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     text = {"type": "gru", "vocab_size": 64, "context_length": 8, "width": 16}
     with pytest.raises(ValueError, match="empty: not a checkpoint directory"):
-        build_model(vqa_config({"type": "checkpoint", "path": str(tmp_path / "empty")}, text))
+        build_model_with_towers(vqa_config({"type": "checkpoint", "path": str(tmp_path / "empty")}, text))
     with pytest.raises(ValueError, match="an image tower cannot come from this HF checkpoint"):
-        build_model(vqa_config({"type": "checkpoint", "path": str(hf_bert_dir)}, text))
+        build_model_with_towers(vqa_config({"type": "checkpoint", "path": str(hf_bert_dir)}, text))
     # CLIP's text tower sizes its position table by the context: a longer one than the checkpoint's cannot load.
     with pytest.raises(ConfigError, match=r"text tower from .*: pos_embed has shape \(16, 32\) there, \(20, 32\)"):
-        build_model(vqa_config({"type": "resnet", "image_size": 32, "layers": [1, 1, 1, 1], "width": 8},
+        build_model_with_towers(vqa_config({"type": "resnet", "image_size": 32, "layers": [1, 1, 1, 1], "width": 8},
                                {"type": "checkpoint", "path": str(hf_clip_dir), "context_length": 20}))
 
 

@@ -25,7 +25,6 @@ from torch import nn
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.data.transforms import ImagePreprocess
 from polymodal.encoders.base import freeze
-from polymodal.encoders.checkpoint_tower import checkpoint_tokenizer, load_tower_weights, resolve_section
 from polymodal.typed_config import ConfigError, check_call_arguments, check_value, dataclass_from_mapping
 
 __all__ = ["BuiltEncoder", "ENCODER_TYPES", "TOWER_OPTIONS", "build_encoder", "build_tokenizer"]
@@ -150,8 +149,8 @@ def build_encoder(modality: str, spec: Mapping[str, Any], where: str = "model co
     kinds = ENCODER_TYPES[modality]
     kind = spec.get("type")
     if kind == "checkpoint":
-        spec = resolve_section(modality, spec, where)
-        kind = spec.get("type")
+        raise ConfigError(f"{where}: {modality}.type 'checkpoint' is resolved when the whole model is built: use "
+                          "polymodal.interop.build_model_with_towers (runs do)")
     if kind not in kinds:
         raise ConfigError(f"{where}: {modality}.type = {kind!r} is not one of: {', '.join([*kinds, 'checkpoint'])}")
     for option in ("frozen", "grad_checkpointing"):
@@ -168,8 +167,6 @@ def build_encoder(modality: str, spec: Mapping[str, Any], where: str = "model co
                               "gradient checkpointing (only the transformer towers do: image 'vit', text "
                               "'transformer')")
         built.encoder.set_grad_checkpointing(True)
-    if "weights_from" in spec:
-        load_tower_weights(built.encoder, spec["weights_from"], modality, where)
     if spec.get("frozen", False):
         freeze(built.encoder)
     return built
@@ -190,13 +187,12 @@ def build_tokenizer(text_spec: Mapping[str, Any], corpus: Callable[[], Iterable[
                     where: str = "model config") -> TextTokenizer:
     """The tokenizer a text tower reads: a pretrained tower brings its own file; a from-scratch tower gets a
     byte-level BPE of ``text.vocab_size`` trained on ``corpus()`` (the training texts; called only then)."""
-    if text_spec.get("type") == "checkpoint":
-        text_spec = resolve_section("text", text_spec, where)
     kind = text_spec.get("type")
     context_length = text_spec.get("context_length")
     check_value(int, context_length, "text.context_length", where, {"min": 2})
-    if "weights_from" in text_spec:
-        return checkpoint_tokenizer(text_spec["weights_from"], context_length, where)
+    if kind == "checkpoint" or "weights_from" in text_spec:
+        raise ConfigError(f"{where}: a checkpoint text tower reads its checkpoint's tokenizer: use "
+                          "polymodal.interop.tower_tokenizer (runs do)")
     if kind == "hf_text":
         raise ConfigError(f"{where}: text.type 'hf_text' brings no tokenizer of its own: take the tower from its "
                           "checkpoint with text.type 'checkpoint' and text.path")

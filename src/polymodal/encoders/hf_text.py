@@ -3,7 +3,7 @@
 The tower is built from the HF config alone (``AutoConfig.for_model`` + ``AutoModel.from_config``), so a saved
 polymodal model that holds one needs no HF directory to load: the config travels inside polymodal's
 ``config.json`` and the weights inside ``model.safetensors``. Pretrained weights come in through a
-``checkpoint`` tower section (``encoders/checkpoint_tower.py``).
+``checkpoint`` tower section (``interop/towers.py``).
 """
 from __future__ import annotations
 

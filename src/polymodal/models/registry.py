@@ -6,16 +6,15 @@ Built-in families are registered here; a user registers their own with :func:`re
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from importlib import import_module
 from typing import Any
 
 from torch import nn
 
-from polymodal.encoders.checkpoint_tower import resolve_checkpoint_towers, tower_weights_skipped
 from polymodal.models.captioner import CAPTIONER
 from polymodal.models.dual_encoder import DUAL_ENCODER
 from polymodal.models.family import TASK_NAMES, LossOptions, ModelFamily, Task
 from polymodal.models.fusion_model import MULTIMODAL_CLASSIFIER, VQA
-from polymodal.models.prompt_learner import PROMPT_LEARNER
 from polymodal.typed_config import ConfigError
 
 __all__ = ["build_loss", "build_model", "family_of", "list_families", "register_family"]
@@ -24,7 +23,9 @@ __all__ = ["build_loss", "build_model", "family_of", "list_families", "register_
 DEFAULT_FAMILY = DUAL_ENCODER.name
 
 _FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (DUAL_ENCODER, VQA, MULTIMODAL_CLASSIFIER,
-                                                                        CAPTIONER, PROMPT_LEARNER)}
+                                                                        CAPTIONER)}
+# Built-in families that load other saved models (model_io imports this registry): imported on first use.
+_DEFERRED_FAMILIES = {"prompt_learner": ("polymodal.models.prompt_learner", "PROMPT_LEARNER")}
 
 
 def register_family(
@@ -39,7 +40,7 @@ def register_family(
     Raises:
         ValueError: ``name`` is taken and ``exist_ok`` is false, or ``task`` is unknown.
     """
-    if name in _FAMILIES and not exist_ok:
+    if (name in _FAMILIES or name in _DEFERRED_FAMILIES) and not exist_ok:
         raise ValueError(f"model family {name!r} is already registered")
     if task not in TASK_NAMES:
         raise ValueError(f"task must be one of {', '.join(TASK_NAMES)}, got {task!r}")
@@ -49,7 +50,7 @@ def register_family(
 
 
 def list_families() -> list[str]:
-    return sorted(_FAMILIES)
+    return sorted({*_FAMILIES, *_DEFERRED_FAMILIES})
 
 
 def family_of(config: Mapping[str, Any], where: str = "model config") -> ModelFamily:
@@ -57,6 +58,9 @@ def family_of(config: Mapping[str, Any], where: str = "model config") -> ModelFa
     if not isinstance(config, Mapping):
         raise ConfigError(f"{where}: a model config is a mapping, got {type(config).__name__}")
     name = config.get("family", DEFAULT_FAMILY)
+    if name not in _FAMILIES and name in _DEFERRED_FAMILIES:
+        module, attribute = _DEFERRED_FAMILIES[name]
+        _FAMILIES[name] = getattr(import_module(module), attribute)
     if name not in _FAMILIES:
         raise ConfigError(f"{where}: family = {name!r} is not a registered model family; known: "
                           f"{', '.join(list_families())} (register one with polymodal.register_family)")
@@ -64,17 +68,9 @@ def family_of(config: Mapping[str, Any], where: str = "model config") -> ModelFa
 
 
 def build_model(config: Mapping[str, Any], where: str = "model config", for_loading: bool = False) -> nn.Module:
-    """Build the model a config describes, with its family's builder.
-
-    ``checkpoint`` tower sections are resolved first (``encoders/checkpoint_tower.py``), so the model's config
-    describes every tower itself; ``for_loading`` builds those towers without reading their source weights.
-    """
-    family = family_of(config, where)
-    resolved = resolve_checkpoint_towers(config, where)
-    if not for_loading:
-        return family.build(resolved, where, for_loading)
-    with tower_weights_skipped():
-        return family.build(resolved, where, for_loading)
+    """Build the model a config describes, with its family's builder (``checkpoint`` tower sections are resolved
+    a layer above, by :func:`polymodal.interop.build_model_with_towers`)."""
+    return family_of(config, where).build(dict(config), where, for_loading)
 
 
 def build_loss(config: Mapping[str, Any], options: LossOptions | None = None) -> nn.Module:

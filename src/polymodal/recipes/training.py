@@ -26,10 +26,10 @@ from torch.nn.parallel import DistributedDataParallel
 from polymodal.data.records import ImageTextSet
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.distributed import DistInfo, barrier, build_on_main_rank, cleanup, init_distributed
-from polymodal.encoders.build import build_tokenizer
 from polymodal.factory import get_model_config, preset_where
 from polymodal.models.family import LossOptions
-from polymodal.models.registry import DEFAULT_FAMILY, build_model, family_of
+from polymodal.interop.towers import build_model_with_towers, tower_tokenizer
+from polymodal.models.registry import DEFAULT_FAMILY, family_of
 from polymodal.model_io import load_model, load_model_config, load_tokenizer, resolve_model_dir
 from polymodal.io import clean_leftovers, output_directory, write_bytes
 from polymodal.precision import resolve_precision
@@ -123,7 +123,7 @@ def _build_model(config: RunConfig, device: torch.device, resume_from: Path | No
     saved = resume_from or pretrained_dir(config)
     if saved is not None:
         return load_model(saved, device=device)
-    return build_model(*model_config_of(config)).to(device)
+    return build_model_with_towers(*model_config_of(config)).to(device)
 
 
 def _build_tokenizer(model: nn.Module, corpus: Any, info: DistInfo, saved: Path | None) -> TextTokenizer | None:
@@ -134,7 +134,7 @@ def _build_tokenizer(model: nn.Module, corpus: Any, info: DistInfo, saved: Path 
     if model.config.get("text") is None:
         return None
     # Rank 0 builds it, the others receive it: all ranks must share one vocabulary.
-    return build_on_main_rank(lambda: build_tokenizer(model.config["text"], corpus), info)
+    return build_on_main_rank(lambda: tower_tokenizer(model.config["text"], corpus), info)
 
 
 def _train(config: RunConfig, resume: bool, progress: bool, info: DistInfo, device: torch.device) -> TrainResult:

@@ -4,19 +4,18 @@ transformers CLIP (or any HF text encoder such as BERT), an open_clip file — f
     "image": {"type": "checkpoint", "path": "clip-vit-b-32/", "frozen": true}
     "text":  {"type": "checkpoint", "path": "bert-base-uncased/", "context_length": 40}
 
-:func:`resolve_checkpoint_towers` rewrites such a section into the tower's own polymodal section (``vit`` with
+:func:`build_model_with_towers` rewrites such a section into the tower's own polymodal section (``vit`` with
 its sizes and preprocessing, ``transformer``, ``hf_text`` with the HF config inline, ...) plus
-``weights_from: {"path", "tower"}``. The built model's ``config.json`` therefore describes the architecture
-completely: a saved model loads without the source checkpoint, whose weights only seed a fresh build
-(:func:`polymodal.models.registry.build_model` skips them when loading, since the saved weights follow).
-The text tower's tokenizer is the source's (:func:`checkpoint_tokenizer`).
+``weights_from: {"path", "tower"}``, builds the model with its family's builder, then copies the source's
+weights into the tower. The model's ``config.json`` therefore describes the architecture completely: a saved
+model loads through :func:`polymodal.load_model` without the source checkpoint. The text tower's tokenizer is
+the source's (:func:`tower_tokenizer`). This sits in ``interop/`` (above ``models/`` and ``encoders/``) because
+reading a source needs the importers, which build models themselves.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -29,7 +28,7 @@ from torch import nn
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.typed_config import ConfigError, check_value
 
-__all__ = ["checkpoint_tokenizer", "load_tower_weights", "resolve_checkpoint_towers", "tower_weights_skipped"]
+__all__ = ["build_model_with_towers", "resolve_checkpoint_towers", "tower_tokenizer"]
 
 # Keys of a `checkpoint` section that name the source, and the tower options it may add (the architecture is
 # the source's).
@@ -37,19 +36,6 @@ SOURCE_KEYS = ("path", "tower", "open_clip_config")
 SECTION_OPTIONS = ("frozen", "grad_checkpointing", "preprocess", "context_length")
 # The source's own tower options are not inherited: the new model decides whether to freeze or checkpoint.
 INHERITED_OPTIONS_DROPPED = ("frozen", "grad_checkpointing", "weights_from")
-
-_skip_weights = contextvars.ContextVar("skip_tower_weights", default=False)
-
-
-@contextlib.contextmanager
-def tower_weights_skipped() -> Iterator[None]:
-    """While active, ``weights_from`` sections build their architecture only (loading a saved model)."""
-    token = _skip_weights.set(True)
-    try:
-        yield
-    finally:
-        _skip_weights.reset(token)
-
 
 @dataclass(frozen=True)
 class TowerSource:
@@ -146,12 +132,9 @@ def resolve_checkpoint_towers(config: Mapping[str, Any], where: str) -> dict[str
             else value for key, value in config.items()}
 
 
-def load_tower_weights(encoder: nn.Module, weights_from: Mapping[str, Any], modality: str, where: str) -> None:
-    """Copy the source tower's weights into ``encoder`` (built from the resolved section), unless a saved
-    model is being loaded (:func:`tower_weights_skipped`). A shape that differs (e.g. a longer
-    ``context_length`` than the source's position table) is refused, naming the tensor."""
-    if _skip_weights.get():
-        return
+def _load_tower_weights(encoder: nn.Module, weights_from: Mapping[str, Any], modality: str, where: str) -> None:
+    """Copy the source tower's weights into ``encoder`` (built from the resolved section). A shape that differs
+    (e.g. a longer ``context_length`` than the source's position table) is refused, naming the tensor."""
     source = _source_of(weights_from, modality, where)
     ours = encoder.state_dict()
     for key, value in source.state.items():
@@ -164,11 +147,37 @@ def load_tower_weights(encoder: nn.Module, weights_from: Mapping[str, Any], moda
                           f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
 
 
-def checkpoint_tokenizer(weights_from: Mapping[str, Any], context_length: int, where: str) -> TextTokenizer:
-    """The source checkpoint's own tokenizer, truncating to ``context_length``."""
-    source = _source_of(weights_from, "text", where)
+def build_model_with_towers(config: Mapping[str, Any], where: str = "model config") -> nn.Module:
+    """Build the model ``config`` describes, its ``checkpoint`` tower sections resolved and their source weights
+    loaded (the model's ``config`` holds the resolved sections)."""
+    from polymodal.models.registry import build_model
+
+    resolved = resolve_checkpoint_towers(config, where)
+    model = build_model(resolved, where)
+    for modality in ("image", "text"):
+        section = resolved.get(modality)
+        if isinstance(section, Mapping) and "weights_from" in section:
+            encoder = _encoder_of(model, modality)
+            if encoder is None:
+                raise ConfigError(f"{where}: a {resolved.get('family')} model has no {modality} tower to load")
+            _load_tower_weights(encoder, section["weights_from"], modality, where)
+    return model
+
+
+def tower_tokenizer(text_spec: Mapping[str, Any], corpus: Callable[[], Iterable[str]],
+                    where: str = "model config") -> TextTokenizer:
+    """The tokenizer a text section reads: a checkpoint tower's own (truncating to the section's
+    ``context_length``), else :func:`polymodal.encoders.build.build_tokenizer`'s."""
+    from polymodal.encoders.build import build_tokenizer
+
+    text_spec = resolve_section("text", text_spec, where)
+    if "weights_from" not in text_spec:
+        return build_tokenizer(text_spec, corpus, where)
+    context_length = text_spec.get("context_length")
+    check_value(int, context_length, "text.context_length", where, {"min": 2})
+    source = _source_of(text_spec["weights_from"], "text", where)
     if source.tokenizer is None:
-        raise ConfigError(f"{where}: {weights_from['path']} has no tokenizer")
+        raise ConfigError(f"{where}: {text_spec['weights_from']['path']} has no tokenizer")
     # A copy: the cached source's tokenizer must keep its own padding and truncation settings.
     inner = Tokenizer.from_str(source.tokenizer.tokenizer.to_str())
     return TextTokenizer(inner, context_length, pad_to_context=source.tokenizer.pad_to_context)
