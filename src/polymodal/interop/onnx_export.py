@@ -21,6 +21,7 @@ onnxruntime behind the ``encode_image`` / ``encode_text`` interface of a polymod
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -111,6 +112,8 @@ def _quantize_int8(source: Path, target: Path) -> None:
 
     Only matrix products are quantized: they are where a transformer spends its time, while int8 convolutions
     (``ConvInteger``) run slower than float ones in onnxruntime's CPU kernels and cost more accuracy.
+    One scale per weight matrix: onnxruntime 1.32's per-channel MatMul weights turned a text embedding's
+    cosine to its float self from 0.9995 into 0.95 (tests/interop/test_onnx_export.py measures it).
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -121,7 +124,7 @@ def _quantize_int8(source: Path, target: Path) -> None:
     root.setLevel(logging.ERROR)
     try:
         quantize_dynamic(source, target, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
-                         per_channel=True)
+                         per_channel=False)
     finally:
         root.setLevel(level)
 
@@ -215,12 +218,15 @@ def _manifest(model: nn.Module, preprocess: ImagePreprocess, tokenizer: TextToke
         "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
         "embed_dim": embed_dim,
         "normalized": True,
+        # What a zero-shot classifier multiplies cosines by (and, for SigLIP, adds) before its softmax / sigmoid.
+        "temperature": float(model.temperature()),
+        "logit_bias": None if getattr(model, "logit_bias", None) is None else float(model.logit_bias),
         **towers,
         "tokenizer": TOKENIZER,
         "context_length": tokenizer.context_length,
-        "preprocess": {"image_size": size, "resize_size": preprocess.resize_size or size,
-                       "interpolation": preprocess.interpolation, "mean": [float(v) for v in preprocess.mean],
-                       "std": [float(v) for v in preprocess.std]},
+        # Every field: an HF CLIP crops one pixel off centre (crop_offset), a SigLIP squashes (resize_mode).
+        "preprocess": {**dataclasses.asdict(preprocess), "resize_size": preprocess.resize_size or size,
+                       "mean": [float(v) for v in preprocess.mean], "std": [float(v) for v in preprocess.std]},
         "model_config": getattr(model, "config", None),
     }
 
@@ -306,6 +312,20 @@ class OnnxDualEncoder:
     def transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """PIL image → normalised ``(C, H, W)`` tensor, as the exported model expects it."""
         return image_transform(self.preprocess)
+
+    def temperature(self) -> torch.Tensor:
+        """The exported model's ``exp(logit_scale)`` (as :meth:`DualEncoder.temperature`), from the manifest."""
+        value = self.manifest.get("temperature")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{self.directory / MANIFEST}: field 'temperature' = {value!r}: expected a number "
+                             "(an export older than this field: export again to classify with it)")
+        return torch.tensor(float(value))
+
+    @property
+    def logit_bias(self) -> torch.Tensor | None:
+        """A SigLIP model's bias from the manifest; None for a CLIP-trained one."""
+        value = self.manifest.get("logit_bias")
+        return None if value is None else torch.tensor(float(value))
 
     def eval(self) -> OnnxDualEncoder:
         """The graphs only infer; present so code written for ``nn.Module`` models (``model.eval()``) runs."""

@@ -134,17 +134,22 @@ class DualEncoder(nn.Module):
         """Returns ``image_features (B,D)``, ``text_features (B,D)`` (unit norm), ``logit_scale`` (exp'd,
         clamped to ``exp(max_logit_scale)``) and, for SigLIP models, ``logit_bias`` — exactly the contrastive losses'
         keywords."""
-        log_scale = self.logit_scale
-        if self.max_logit_scale is not None:
-            log_scale = log_scale.clamp(max=self.max_logit_scale)
         output = {
             "image_features": self.encode_image(image, image_tower_features),
             "text_features": self.encode_text(input_ids, attention_mask, text_tower_features),
-            "logit_scale": log_scale.exp(),
+            "logit_scale": self.temperature(),
         }
         if self.logit_bias is not None:
             output["logit_bias"] = self.logit_bias
         return output
+
+    def temperature(self) -> torch.Tensor:
+        """``exp(logit_scale)``, the log clamped to ``max_logit_scale`` as the loss sees it: what cosine
+        similarities are multiplied by before a softmax."""
+        log_scale = self.logit_scale
+        if self.max_logit_scale is not None:
+            log_scale = log_scale.clamp(max=self.max_logit_scale)
+        return log_scale.exp()
 
     # Hooks the training loop calls (models/family.py).
     @torch.no_grad()

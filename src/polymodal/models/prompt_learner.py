@@ -33,7 +33,7 @@ from torch import nn
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.data.transforms import ImagePreprocess
 from polymodal.encoders.base import freeze
-from polymodal.models.dual_encoder import MAX_LOGIT_SCALE, DualEncoder
+from polymodal.models.dual_encoder import DualEncoder
 from polymodal.models.family import ModelFamily
 from polymodal.models.fusion_model import build_classification_loss
 from polymodal.typed_config import ConfigError, dataclass_from_mapping
@@ -252,8 +252,7 @@ class PromptLearner(nn.Module):
         if image is None and image_pooled is None:
             raise ValueError("the prompt learner reads images: pass `image` (or its cached `image_pooled`)")
         images = self.base.encode_image(image, image_tower_features=image_pooled)
-        scale = self.base.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
-        output = {"logits": scale * images @ self._classifier().T}
+        output = {"logits": self.base.temperature() * images @ self._classifier().T}
         if labels is not None:
             output["labels"] = labels
         return output

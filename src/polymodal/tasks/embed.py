@@ -34,7 +34,8 @@ class _ImageOnly(Dataset):
         return self.transform(self.dataset.image(index))
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s inputs go: its parameters' device, or the device an ONNX-backed encoder names."""
     if not isinstance(model, torch.nn.Module):
         # An onnxruntime-backed encoder (interop/onnx_export.OnnxDualEncoder) has no parameters: it names its device.
         return model.device
@@ -158,14 +159,14 @@ def require_embedding(model: torch.nn.Module, method: str) -> None:
 def embed_images(model: torch.nn.Module, dataset: ImageTextSet, transform, **kwargs) -> torch.Tensor:
     """Unit-norm image embeddings ``(N, D)`` of every image in ``dataset``."""
     require_embedding(model, "encode_image")
-    return map_images(lambda image: model.encode_image(image), dataset, transform, _model_device(model), **kwargs)
+    return map_images(lambda image: model.encode_image(image), dataset, transform, model_device(model), **kwargs)
 
 
 def embed_texts(model: torch.nn.Module, tokenizer: TextTokenizer, texts: Sequence[str], **kwargs) -> torch.Tensor:
     """Unit-norm text embeddings ``(N, D)``."""
     require_embedding(model, "encode_text")
     return map_texts(
-        lambda ids, mask: model.encode_text(ids, mask), tokenizer, texts, _model_device(model), **kwargs
+        lambda ids, mask: model.encode_text(ids, mask), tokenizer, texts, model_device(model), **kwargs
     )
 
 

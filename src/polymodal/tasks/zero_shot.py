@@ -11,7 +11,7 @@ from PIL import Image
 from polymodal.data.records import ImageTextSet
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.metrics.classification import topk_accuracy
-from polymodal.tasks.embed import embed_images, embed_texts, require_embedding
+from polymodal.tasks.embed import embed_images, embed_texts, model_device, require_embedding
 from polymodal.tasks.prompt_templates import TEMPLATE_SETS, resolve_templates
 
 DEFAULT_TEMPLATES = TEMPLATE_SETS["default"]
@@ -72,7 +72,7 @@ def class_probabilities(model: torch.nn.Module, cosine: torch.Tensor) -> torch.T
     """Cosine similarities ``(N, C)`` → what the model's own loss reads as probabilities: a softmax over the
     classes of ``logit_scale * cos`` for a CLIP-trained model; for a SigLIP-trained one (it has a ``logit_bias``),
     an independent sigmoid of ``logit_scale * cos + logit_bias`` per class (so they need not sum to 1)."""
-    logits = model.logit_scale.detach().float().cpu().exp() * cosine
+    logits = model.temperature().detach().float().cpu() * cosine
     bias = getattr(model, "logit_bias", None)
     if bias is not None:
         return torch.sigmoid(logits + bias.detach().float().cpu())
@@ -103,7 +103,7 @@ def zero_shot_predict(
     require_embedding(model, "encode_image")
     model.eval()
     classifier = zero_shot_classifier(model, tokenizer, class_names, templates)  # (C, D), on the CPU
-    device = next(model.parameters()).device
+    device = model_device(model)
     embeddings = torch.cat([
         model.encode_image(torch.stack([transform(image) for image in images[start:start + batch_size]]).to(device))
         .float().cpu()
