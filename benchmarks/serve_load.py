@@ -4,10 +4,11 @@ requests one model call answered (the micro-batcher's work, read from the server
 
 Each client sends its next request as soon as its previous one is answered (a closed loop), so "concurrency" is the
 number of requests in flight. Queries cycle through varied phrases. A warm-up round runs first at every level.
+Each runtime (``--runtimes``) gets its own server, one after the other in this run, so their rows compare.
 
     python benchmarks/serve_load.py [--quickstart runs/quickstart | --index DIR [--checkpoint C]]
                                     [--requests 400] [--concurrency 1 8 32] [--server-threads N]
-                                    [--batch-wait-ms 10] [--out docs]
+                                    [--batch-wait-ms 10] [--runtimes torch onnxruntime] [--out docs]
 
 With ``--out`` the table is also written to ``OUT/serve_load.md`` and ``OUT/serve_load.json`` with the command,
 the CPU and the machine's load average before and after (other work on the machine shows in the latencies).
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx
@@ -41,17 +43,31 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
+def start_server(args: argparse.Namespace, port: int, onnx: str | None) -> subprocess.Popen:
     command = [sys.executable, "-m", "polymodal.cli", "serve", "--port", str(port),
                "--batch-wait-ms", str(args.batch_wait_ms)]
     if args.index:
         command += ["--index", args.index] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
     else:
         command += ["--quickstart", args.quickstart]
+    if onnx:
+        command += ["--onnx", onnx]
     if args.server_threads:
         command += ["--threads", str(args.server_threads)]
     # The log goes to a file: a pipe nobody reads would block the server once it fills.
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=tempfile.TemporaryFile())
+
+
+def export_onnx_of(args: argparse.Namespace, out: Path) -> str:
+    """``polymodal convert`` of the served search model to ONNX (fp32: the same embeddings)."""
+    if args.index:
+        index = args.index
+    else:
+        index = str(Path(args.quickstart) / "index")
+    checkpoint = args.checkpoint or json.loads((Path(index) / "meta.json").read_text())["checkpoint"]
+    subprocess.run([sys.executable, "-m", "polymodal.cli", "convert", checkpoint, "--to", "onnx", "--out", str(out)],
+                   check=True, stdout=subprocess.DEVNULL)
+    return str(out)
 
 
 def wait_ready(url: str, server: subprocess.Popen, timeout: float) -> dict:
@@ -110,6 +126,8 @@ class HttpxClient:
 
 
 CLIENTS = {"raw": RawClient, "httpx": HttpxClient}
+# What embeds the queries: the PyTorch model (serve's default) or onnxruntime on its export (serve --onnx).
+RUNTIMES = ("torch", "onnxruntime")
 
 
 async def fire(url: str, total: int, concurrency: int, k: int, kind: str) -> tuple[list[float], int, float]:
@@ -167,42 +185,50 @@ def main() -> None:
     parser.add_argument("--server-threads", dest="server_threads", type=int,
                         help="the server's --threads (default: its own, half the cores)")
     parser.add_argument("--startup-timeout", dest="startup_timeout", type=float, default=600)
+    parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES),
+                        help="what embeds the queries, one server after the other: the PyTorch model, and "
+                             "onnxruntime on its export (serve --onnx, exported here to a temporary folder)")
     parser.add_argument("--out", help="also write OUT/serve_load.md and OUT/serve_load.json")
     parser.set_defaults(threads=None)  # report_setup's torch threads: this process only sends requests
     args = parser.parse_args()
     out, command = start_report(args, __file__) if args.out else (None, "")
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = start_server(args, port)
-    try:
-        health = wait_ready(url, server, args.startup_timeout)
-        load_before = os.getloadavg()
-        rows = []
-        header = ("| concurrent clients | requests | failed | requests/s | p50 ms | p90 ms | p99 ms | "
-                  "requests per model call |")
-        print(f"index of {health['index_size']} images; {args.requests} text searches (k={args.k}) per level",
-              flush=True)
-        print(header + "\n|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
-        for concurrency in args.concurrency:
-            asyncio.run(fire(url, args.warmup, concurrency, args.k, args.client))
-            batched_before, calls_before = batch_counts(url)
-            latencies, failures, wall = asyncio.run(fire(url, args.requests, concurrency, args.k, args.client))
-            batched_after, calls_after = batch_counts(url)
-            milliseconds = np.array(latencies) * 1000
-            row = {"concurrency": concurrency, "requests": len(latencies), "failed": failures,
-                   "requests_per_s": round(len(latencies) / wall, 1),
-                   "p50_ms": round(float(np.percentile(milliseconds, 50)), 1),
-                   "p90_ms": round(float(np.percentile(milliseconds, 90)), 1),
-                   "p99_ms": round(float(np.percentile(milliseconds, 99)), 1),
-                   "requests_per_model_call": round((batched_after - batched_before)
-                                                    / max(calls_after - calls_before, 1), 2)}
-            rows.append(row)
-            print("| " + " | ".join(str(value) for value in row.values()) + " |", flush=True)
-        load_after = os.getloadavg()
-    finally:
-        server.terminate()
-        server.wait(30)
+    header = ("| queries embedded by | concurrent clients | requests | failed | requests/s | p50 ms | p90 ms | "
+              "p99 ms | requests per model call |")
+    rule = "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    rows = []
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as scratch:
+        for runtime in args.runtimes:
+            onnx = export_onnx_of(args, Path(scratch) / "onnx") if runtime == "onnxruntime" else None
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            server = start_server(args, port, onnx)
+            try:
+                health = wait_ready(url, server, args.startup_timeout)
+                if not rows:
+                    print(f"index of {health['index_size']} images; {args.requests} text searches (k={args.k}) per "
+                          "level", flush=True)
+                    print(header + "\n" + rule, flush=True)
+                for concurrency in args.concurrency:
+                    asyncio.run(fire(url, args.warmup, concurrency, args.k, args.client))
+                    batched_before, calls_before = batch_counts(url)
+                    latencies, failures, wall = asyncio.run(fire(url, args.requests, concurrency, args.k, args.client))
+                    batched_after, calls_after = batch_counts(url)
+                    milliseconds = np.array(latencies) * 1000
+                    row = {"runtime": runtime, "concurrency": concurrency, "requests": len(latencies),
+                           "failed": failures, "requests_per_s": round(len(latencies) / wall, 1),
+                           "p50_ms": round(float(np.percentile(milliseconds, 50)), 1),
+                           "p90_ms": round(float(np.percentile(milliseconds, 90)), 1),
+                           "p99_ms": round(float(np.percentile(milliseconds, 99)), 1),
+                           "requests_per_model_call": round((batched_after - batched_before)
+                                                            / max(calls_after - calls_before, 1), 2)}
+                    rows.append(row)
+                    print("| " + " | ".join(str(value) for value in row.values()) + " |", flush=True)
+            finally:
+                server.terminate()
+                server.wait(30)
+    load_after = os.getloadavg()
 
     if out is not None:
         setup = (f"{processor_name()}, {os.cpu_count()} cores; server and {args.client} clients on the same machine; "
@@ -210,8 +236,7 @@ def main() -> None:
                  f"{args.batch_wait_ms} ms; "
                  f"index of {health['index_size']} images; load average before {load_before[0]:.1f}, after "
                  f"{load_after[0]:.1f} (other processes on the machine count in it)")
-        lines = [f"### `polymodal serve` under load: text search, k={args.k}", "", setup, "", header,
-                 "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines = [f"### `polymodal serve` under load: text search, k={args.k}", "", setup, "", header, rule]
         lines += ["| " + " | ".join(str(value) for value in row.values()) + " |" for row in rows]
         lines += ["", f"Made by `{command}`.", ""]
         (out / "serve_load.md").write_text("\n".join(lines), encoding="utf-8")

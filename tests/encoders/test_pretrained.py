@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from polymodal.data.tokenizers import TextTokenizer
 from polymodal.encoders.pretrained import (
     EfficientNetLite0Tower,
     MiniLMTextTower,
@@ -179,3 +180,17 @@ def test_text_tower_matches_sentence_transformers(text_tower: MiniLMTextTower) -
     ours = text_tower.encode_text(sentences)
     cosine = F.cosine_similarity(ours, reference, dim=-1)
     assert cosine.min() > 0.9999, cosine
+
+
+def test_minilm_tokenizer_pads_to_the_longest_text_with_the_same_embeddings(text_tower: MiniLMTextTower) -> None:
+    from polymodal.encoders.build import build_tokenizer
+
+    tokenizer = build_tokenizer({"type": "minilm", "context_length": 32}, corpus=lambda: [])
+    texts = ["a red heart", "a cat sleeping on a sofa"]
+    batch = tokenizer(texts)
+    # [CLS] a cat sleeping on a sofa [SEP]: 8 tokens, not the shipped file's fixed 128 or the context's 32.
+    assert batch["input_ids"].shape == (2, 8) and not tokenizer.pad_to_context
+    fixed = TextTokenizer.from_file(minilm_tokenizer_file(), 32, pad_to_context=True)(texts)
+    assert fixed["input_ids"].shape == (2, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(text_tower(**batch).pooled, text_tower(**fixed).pooled, atol=1e-5, rtol=1e-4)

@@ -146,16 +146,18 @@ def test_queries_and_labelled_predictions_take_the_onnx_encoder(hf_clip, hf_expo
     assert onnx.logit_bias is None
 
 
-def test_int8_keeps_the_embeddings_direction(hf_clip, hf_export):
-    fp32, int8 = OnnxDualEncoder(hf_export), OnnxDualEncoder(hf_export, int8=True)
-    pixels, tokens = _pixels(hf_clip.model, len(PHOTOS)), hf_clip.tokenizer(PROMPTS)
+def test_int8_keeps_the_embeddings_direction(native, tmp_path):
+    model, tokenizer, _ = native
+    directory = export_onnx(model, tokenizer, tmp_path / "int8", int8=True)
+    fp32, int8 = OnnxDualEncoder(directory), OnnxDualEncoder(directory, int8=True)
+    pixels, tokens = _pixels(model, len(PHOTOS)), tokenizer(PROMPTS)
     image_cosine = F.cosine_similarity(int8.encode_image(pixels), fp32.encode_image(pixels))
     text_cosine = F.cosine_similarity(int8.encode_text(**tokens), fp32.encode_text(**tokens))
-    # Measured (onnxruntime 1.32, one scale per weight matrix): min 0.99967 (images), 0.99946 (texts) over the
-    # 24 photos and their captions; per-channel weight scales gave 0.9949 and 0.9518.
-    assert image_cosine.min() > 0.999 and text_cosine.min() > 0.999
+    # Measured (onnxruntime 1.32, untrained clip-tiny): min 0.9954 (images), 0.9974 (texts) over the 24 photos
+    # and their captions; lit-effnet-minilm's real weights keep 0.9945 / 0.9957 (benchmarks/int8_accuracy.py).
+    assert image_cosine.min() > 0.99 and text_cosine.min() > 0.99
     # Quantization did happen: the int8 file is smaller and its embeddings are not the float ones.
-    manifest = json.loads((hf_export / MANIFEST).read_text())
+    manifest = json.loads((directory / MANIFEST).read_text())
     assert manifest["size"]["text.int8.onnx"] < manifest["size"]["text.onnx"]
     assert not torch.allclose(int8.encode_text(**tokens), fp32.encode_text(**tokens), atol=1e-5)
 
@@ -189,6 +191,13 @@ def test_a_model_that_does_not_embed_is_refused(tmp_path):
     model = create_model("vqa-concat-tiny")
     with pytest.raises(ValueError, match="has no encode_image"):
         export_onnx(model, None, tmp_path / "out")
+
+
+def test_a_recurrent_text_tower_is_refused_by_name(native, tmp_path, tiny_model_config):
+    _, tokenizer, _ = native
+    with pytest.raises(ValueError, match=r"text_encoder\.gru is a GRU: .*transformer text tower"):
+        export_onnx(create_model(tiny_model_config), tokenizer, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_out_that_is_a_file_is_refused(native, tmp_path):

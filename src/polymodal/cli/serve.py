@@ -13,6 +13,8 @@ http://HOST:PORT/ (search box, image drop zone, result grid, VQA and caption pan
   polymodal serve --index runs/x/index             # an index from `polymodal index build` (its model)
   polymodal serve --index runs/x/index --vqa-checkpoint runs/vqa --caption-checkpoint runs/captions
   polymodal serve --checkpoint runs/x --index photos_index   # a new folder: an empty index, grown by /index/add
+  polymodal convert runs/quickstart/model --to onnx --out runs/quickstart/onnx
+  polymodal serve --onnx runs/quickstart/onnx      # onnxruntime embeds the queries: same vectors, ~3x faster
   POLYMODAL_API_KEY=secret polymodal serve --host 0.0.0.0     # writes need the key when it is set
 
 From a shell:
@@ -39,6 +41,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", help="index directory (default: the quickstart's, see --quickstart)")
     parser.add_argument("--checkpoint", help="dual encoder embedding the queries (default: the index's own)")
+    parser.add_argument("--onnx", metavar="DIR",
+                        help="ONNX export of the search model (`polymodal convert CKPT --to onnx --out DIR`): "
+                             "onnxruntime embeds the queries, the same vectors in about a third of the time on CPU")
     parser.add_argument("--vqa-checkpoint", dest="vqa_checkpoint", help="VQA model for /vqa (default: none)")
     parser.add_argument("--caption-checkpoint", dest="caption_checkpoint", help="captioner for /caption")
     parser.add_argument("--images", action="append", default=[], metavar="DATA",
@@ -82,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
     if args.max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
-    options = {"checkpoint": _path(args.checkpoint), "vqa_checkpoint": _path(args.vqa_checkpoint),
+    options = {"checkpoint": _path(args.checkpoint), "onnx": _path(args.onnx), "vqa_checkpoint": _path(args.vqa_checkpoint),
                "caption_checkpoint": _path(args.caption_checkpoint), "uploads": _path(args.uploads),
                "api_key": args.api_key or None, "device": args.device, "batch_size": args.batch_size,
                "batch_wait_ms": args.batch_wait_ms,

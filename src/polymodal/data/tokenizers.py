@@ -123,9 +123,10 @@ class TextTokenizer:
         return cls(tokenizer, context_length)
 
     @classmethod
-    def from_file(cls, path: str | Path, context_length: int | None = None) -> "TextTokenizer":
+    def from_file(cls, path: str | Path, context_length: int | None = None,
+                  pad_to_context: bool | None = None) -> "TextTokenizer":
         """Read a ``tokenizer.json``; ``context_length`` defaults to the length the file truncates to (a file
-        :meth:`save` wrote records it)."""
+        :meth:`save` wrote records it), ``pad_to_context`` to the file's own padding."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file not found: {path}")
@@ -137,7 +138,7 @@ class TextTokenizer:
             if tokenizer.truncation is None:
                 raise ValueError(f"{path} does not say how long a text may be: pass context_length")
             context_length = int(tokenizer.truncation["max_length"])
-        return cls(tokenizer, context_length)
+        return cls(tokenizer, context_length, pad_to_context=pad_to_context)
 
     def save(self, path: str | Path) -> None:
         """Write ``tokenizer.json`` atomically (temp file + rename)."""

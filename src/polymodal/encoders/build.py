@@ -199,7 +199,9 @@ def build_tokenizer(text_spec: Mapping[str, Any], corpus: Callable[[], Iterable[
     if kind == "minilm":
         from polymodal.encoders.pretrained import minilm_tokenizer_file
 
-        return TextTokenizer.from_file(minilm_tokenizer_file(), context_length)
+        # The shipped file pads every text to 128; MiniLM masks padding and mean-pools real tokens, so padding
+        # to the batch's longest text gives the same embeddings for a fraction of the work (a query: 5 tokens).
+        return TextTokenizer.from_file(minilm_tokenizer_file(), context_length, pad_to_context=False)
     if "vocab_size" not in text_spec:
         raise ConfigError(f"{where}: missing key text.vocab_size")
     check_value(int, text_spec["vocab_size"], "text.vocab_size", where, {"min": 8})

@@ -112,8 +112,9 @@ def _quantize_int8(source: Path, target: Path) -> None:
 
     Only matrix products are quantized: they are where a transformer spends its time, while int8 convolutions
     (``ConvInteger``) run slower than float ones in onnxruntime's CPU kernels and cost more accuracy.
-    One scale per weight matrix: onnxruntime 1.32's per-channel MatMul weights turned a text embedding's
-    cosine to its float self from 0.9995 into 0.95 (tests/interop/test_onnx_export.py measures it).
+    One scale per output channel of each weight: on lit-effnet-minilm's real weights it kept the class
+    embeddings' cosine to the float ones at 0.9954, where one scale per matrix gave 0.9647
+    (``benchmarks/int8_accuracy.py``, onnxruntime 1.32).
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -124,7 +125,7 @@ def _quantize_int8(source: Path, target: Path) -> None:
     root.setLevel(logging.ERROR)
     try:
         quantize_dynamic(source, target, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
-                         per_channel=False)
+                         per_channel=True)
     finally:
         root.setLevel(level)
 
@@ -144,6 +145,10 @@ def _check_exportable(model: nn.Module, tokenizer: TextTokenizer | None) -> Imag
                          "(create_model, load_model, load_hf_clip)")
     if tokenizer is None:
         raise ValueError("export_onnx needs the model's tokenizer: the text graph reads its token ids")
+    recurrent = next((name for name, module in model.named_modules() if isinstance(module, nn.RNNBase)), None)
+    if recurrent is not None:
+        raise ValueError(f"{recurrent} is a {type(model.get_submodule(recurrent)).__name__}: torch.onnx's exporter "
+                         "cannot trace recurrent layers; export a model with a transformer text tower")
     dtype = next(model.parameters()).dtype
     if dtype != torch.float32:
         raise ValueError(f"the model's weights are {dtype}: export a float32 model (as load_model returns it)")
@@ -265,6 +270,8 @@ class OnnxDualEncoder:
 
     # Outputs come back as CPU tensors whatever provider ran the graph: callers move inputs here.
     device = torch.device("cpu")
+    # The graphs only infer: never in training mode (what code written for nn.Module models asks).
+    training = False
 
     def __init__(self, directory: str | Path, *, int8: bool = False, threads: int | None = None,
                  providers: Sequence[str] | None = None) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -88,6 +89,8 @@ class Service:
             raise ValueError(f"--index {settings.index} {what}; pass --checkpoint (the dual encoder that embeds "
                              "queries)")
         model = load_task_model(checkpoint, "contrastive", "--checkpoint", settings.device)
+        if settings.onnx is not None:
+            model = _onnx_query_encoder(settings.onnx, model)
         dim = int(embed_texts(model, ["a probe of the embedding size"]).shape[1])
         if saved is None:
             return model, LiveIndex.empty(settings.index, dim, str(model.directory.resolve()))
@@ -210,3 +213,27 @@ class Service:
         if not self.tasks[task]:
             option = {"vqa": "--vqa-checkpoint", "caption": "--caption-checkpoint"}[task]
             raise ServiceError(503, "not_configured", f"this server has no {task} model; start it with {option} DIR")
+
+
+# Largest difference from the PyTorch model's query embeddings an ONNX export may show (measured: 2e-7).
+_ONNX_TOLERANCE = 1e-4
+
+
+def _onnx_query_encoder(directory: Path, loaded: LoadedModel) -> LoadedModel:
+    """``loaded`` with its model replaced by the onnxruntime graphs in ``directory``, after checking they are an
+    export of that model: the same config, and the same embeddings of a probe text and image."""
+    from polymodal.interop.onnx_export import OnnxDualEncoder  # the export extra: polymodal[export]
+
+    onnx = OnnxDualEncoder(directory, threads=torch.get_num_threads())
+    if onnx.manifest.get("model_config") != loaded.model.config:
+        raise ValueError(f"--onnx {directory} is not an export of {loaded.directory}: their model configs differ "
+                         f"(export it with `polymodal convert {loaded.directory} --to onnx --out {directory}`)")
+    texts = ["a probe of the export", "a red heart"]
+    image = Image.new("RGB", (64, 48), "orange")
+    with_onnx = replace(loaded, model=onnx, tokenizer=onnx.tokenizer, transform=onnx.transform)
+    for name, embed, probe in (("texts", embed_texts, texts), ("images", embed_images, [image])):
+        difference = float(np.abs(embed(with_onnx, probe) - embed(loaded, probe)).max())
+        if difference > _ONNX_TOLERANCE:
+            raise ValueError(f"--onnx {directory}: its {name} embeddings differ from {loaded.directory}'s by "
+                             f"{difference:.2g} (more than {_ONNX_TOLERANCE:g}): export the checkpoint again")
+    return with_onnx

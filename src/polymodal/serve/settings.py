@@ -23,6 +23,9 @@ class ServeSettings:
         index: the index directory to search and add to (a missing one starts empty, written at the first add;
             then ``checkpoint`` is required).
         checkpoint: the dual encoder that embeds queries (default: the checkpoint the index records).
+        onnx: an ONNX export of that dual encoder (``polymodal convert CHECKPOINT --to onnx``) that embeds the
+            queries with onnxruntime instead: the same embeddings (checked at start-up), a one-text query in
+            a third of PyTorch eager's time on a CPU (less Python per layer, faster small matrix products).
         vqa_checkpoint: a VQA model for ``POST /vqa`` (None: the endpoint answers 503 ``not_configured``).
         caption_checkpoint: a captioner for ``POST /caption`` (likewise).
         image_sets: data specs (as ``--data`` takes them) whose records' images the index holds, for thumbnails
@@ -42,6 +45,7 @@ class ServeSettings:
 
     index: Path
     checkpoint: Path | None = None
+    onnx: Path | None = None
     vqa_checkpoint: Path | None = None
     caption_checkpoint: Path | None = None
     image_sets: tuple[Any, ...] = ()

@@ -17,6 +17,7 @@ from polymodal.data.records import ImageTextSet
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.io import write_json
 from polymodal.metrics.caption import caption_scores, cider_d, cider_document_frequency, ptb_tokenize
+from polymodal.tasks.embed import ensure_eval
 
 __all__ = ["CaptionReport", "CiderReward", "ImageIndexDataset", "caption_batches", "coco_image_id", "coco_results",
            "collate_image_index", "evaluate_captioning", "generate_captions", "write_coco_results"]
@@ -53,7 +54,7 @@ def generate_captions(model: nn.Module, tokenizer: TextTokenizer, batches: Itera
                       **generation: Any) -> list[str]:
     """One caption per image of every batch (``image``, or a frozen tower's cached ``image_tokens``), decoded to
     text; ``generation`` overrides the model's defaults (``method``, ``beam_size``, ``max_length``, ...)."""
-    model.eval()
+    ensure_eval(model)
     device = next(model.parameters()).device
     captions = []
     for batch in batches:

@@ -9,7 +9,7 @@ from torch import nn
 
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.index import SearchHit, VectorIndex
-from polymodal.tasks.embed import model_device, require_embedding
+from polymodal.tasks.embed import ensure_eval, model_device, require_embedding
 
 __all__ = ["embed_queries", "search_index"]
 
@@ -27,7 +27,7 @@ def embed_queries(
     if (texts is None) == (images is None):
         raise ValueError("give either texts or images to embed as queries")
     require_embedding(model, "encode_text" if texts is not None else "encode_image")
-    model.eval()
+    ensure_eval(model)
     device = model_device(model)
     if texts is not None:
         if not texts or any(not text.strip() for text in texts):

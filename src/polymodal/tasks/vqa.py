@@ -14,6 +14,7 @@ from polymodal.data.records import ImageTextSet
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.data.vqa import AnswerVocab
 from polymodal.metrics.vqa import VQAReport, vqa_report
+from polymodal.tasks.embed import ensure_eval
 
 __all__ = ["answer_question", "answer_questions", "answer_vocab_of", "evaluate_vqa", "predict_answers",
            "question_loader", "vqa_metrics"]
@@ -42,7 +43,7 @@ def question_loader(
 def predict_answers(model: nn.Module, batches, top_k: int = 1) -> list[list[tuple[str, float]]]:
     """Per question, the ``top_k`` answers with their probabilities (``σ(logit)``: a VQA model scores each
     answer independently, so this is its estimate that the answer is right)."""
-    model.eval()
+    ensure_eval(model)
     vocab = answer_vocab_of(model)
     device = next(model.parameters()).device
     predictions = []
