@@ -112,6 +112,18 @@ def reference_answers(vqa, image, question: str, k: int) -> list[tuple[str, floa
     return [(answers[i], float(p)) for p, i in zip(best.values.tolist(), best.indices.tolist())]
 
 
+@torch.no_grad()
+def reference_zero_shot(clip, image_path: Path, labels: list[str], templates: str) -> list[float]:
+    """A dual encoder's probability of each label for an image file, computed with the library's zero-shot
+    functions and no service: what the service's /zero-shot answers are checked against."""
+    from polymodal.data.records import open_image_file
+    from polymodal.tasks.zero_shot import class_probabilities, zero_shot_classifier
+
+    classifier = zero_shot_classifier(clip.model, clip.tokenizer, labels, templates)
+    embedding = clip.model.encode_image(clip.transform(open_image_file(image_path))[None])
+    return class_probabilities(clip.model, embedding @ classifier.T)[0].tolist()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

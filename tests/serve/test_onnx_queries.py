@@ -11,12 +11,11 @@ from fastapi.testclient import TestClient
 
 from polymodal import create_model, save_model
 from polymodal.cli.main import main
-from polymodal.data.records import open_image_file
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.index import VectorIndex
 from polymodal.model_io import load_for_inference
 from polymodal.serve import ServeSettings, create_app
-from polymodal.tasks.zero_shot import class_probabilities, zero_shot_classifier
+from tests.serve.conftest import reference_zero_shot
 
 pytest.importorskip("onnxruntime")
 from polymodal.interop.onnx_export import export_onnx  # noqa: E402  (needs the export extra)
@@ -72,12 +71,9 @@ def test_image_search_and_zero_shot_equal_the_pytorch_models(onnx_client, clip, 
     labels = ["circle", "square", "triangle"]
     answer = onnx_client.post("/zero-shot", data={"labels": ",".join(labels), "key": str(image),
                                                   "templates": "photo", "k": 3}).json()
-    classifier = zero_shot_classifier(clip.model, clip.tokenizer, labels, "photo")
-    with torch.no_grad():
-        embedding = clip.model.encode_image(clip.transform(open_image_file(image))[None])
-    expected = class_probabilities(clip.model, embedding @ classifier.T)[0]
     got = {row["label"]: row["probability"] for row in answer["labels"]}
-    np.testing.assert_allclose([got[label] for label in labels], expected.tolist(), atol=1e-4)
+    np.testing.assert_allclose([got[label] for label in labels], reference_zero_shot(clip, image, labels, "photo"),
+                               atol=1e-4)
 
 
 def test_an_export_of_other_weights_is_refused(searched, clip, tmp_path):
