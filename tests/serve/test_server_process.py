@@ -164,7 +164,7 @@ def test_the_load_benchmark_runs_without_failures(serve_world, tmp_path):
     index = serve_world.index_copy(tmp_path / "index")
     benchmarks = Path(__file__).resolve().parents[2] / "benchmarks"
     done = subprocess.run([sys.executable, "serve_load.py", "--index", str(index), "--requests", "64", "--warmup",
-                           "8", "--concurrency", "1", "8", "32", "--out", str(tmp_path / "report")],
+                           "8", "--concurrency", "1", "8", "32", "--runtimes", "torch", "--out", str(tmp_path / "report")],
                           cwd=benchmarks, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "report" / "serve_load.json").read_text())
@@ -172,4 +172,6 @@ def test_the_load_benchmark_runs_without_failures(serve_world, tmp_path):
     assert all(row["requests"] == 64 and row["failed"] == 0 for row in report["rows"])
     assert report["rows"][0]["requests_per_model_call"] == 1.0 and report["rows"][2]["requests_per_model_call"] > 2
     assert report["rows"][2]["p50_ms"] >= report["rows"][0]["p50_ms"] > 0
-    assert "| 32 | 64 | 0 |" in (tmp_path / "report" / "serve_load.md").read_text()
+    # The session's model reads text with a GRU, which ONNX cannot export: its onnxruntime rows are tested on a
+    # transformer model in test_onnx_queries.py.
+    assert "| torch | 32 | 64 | 0 |" in (tmp_path / "report" / "serve_load.md").read_text()
