@@ -8,7 +8,7 @@ optimizer settings; the baselines drop the ``image`` or the ``text`` section. Ac
 dataset's held-out split; latency is the median time of one forward pass for one question (batch 1).
 
     python benchmarks/fusion_compare.py [--datasets easy-vqa shapes] [--epochs 1] [--families concat tensor ...]
-                                        [--train-size 2000] [--out docs]
+                                        [--train-size 2000] [--image-tower scratch|efficientnet] [--out docs]
 """
 from __future__ import annotations
 
@@ -58,10 +58,17 @@ DATASETS = {
 }
 
 
-def model_config(family: dict) -> dict:
+# What reads the image: the presets' from-scratch ResNet at 32 px, or EfficientNet-Lite0 (ImageNet), frozen, whose
+# 7x7 token grid is computed once per image and cached (small shapes survive its 224 px input).
+IMAGE_TOWERS = {"scratch": None, "efficientnet": {"type": "efficientnet_lite0", "frozen": True}}
+
+
+def model_config(family: dict, image_tower: str = "scratch") -> dict:
     config = copy.deepcopy(get_model_config("vqa-concat-tiny"))
     fusion = {key: value for key, value in family.items() if key != "drop"}
     config["fusion"] = {"level": "early", **fusion}
+    if IMAGE_TOWERS[image_tower] is not None:
+        config["image"] = dict(IMAGE_TOWERS[image_tower])
     if "drop" in family:
         del config[family["drop"]]
     return config
@@ -91,10 +98,11 @@ def train_spec_for(dataset: str, train_size: int | None) -> dict:
     return spec
 
 
-def run_family(name: str, family: dict, dataset: str, epochs: int, train_size: int | None, work: Path) -> dict:
+def run_family(name: str, family: dict, dataset: str, epochs: int, train_size: int | None, work: Path,
+               image_tower: str = "scratch") -> dict:
     train_spec, test_spec = train_spec_for(dataset, train_size), DATASETS[dataset][1]
     out = work / f"{dataset}-{name.replace(' ', '_').replace('(', '').replace(')', '')}"
-    config = RunConfig(model=model_config(family), data=DataConfig(train=train_spec, val=None),
+    config = RunConfig(model=model_config(family, image_tower), data=DataConfig(train=train_spec, val=None),
                        train=OptimConfig(epochs=epochs, batch_size=64, lr=2e-3, weight_decay=0.05, warmup_steps=50,
                                          checkpoint_every=0, log_every=50, precision="fp32", seed=0),
                        out=str(out))
@@ -131,6 +139,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--image-tower", dest="image_tower", choices=list(IMAGE_TOWERS), default="scratch",
+                        help="scratch: the presets' 32 px ResNet; efficientnet: frozen ImageNet EfficientNet-Lite0 "
+                             "tokens, cached (question-only rows are unaffected)")
     parser.add_argument("--train-size", type=int, help="training items (images or scenes) per dataset; 0 = the "
                         "whole training split (default: 2000)")
     parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES), metavar="FAMILY")
@@ -144,7 +155,8 @@ def main() -> None:
             rows = []
             for name in args.families:
                 start = time.perf_counter()
-                rows.append(run_family(name, FAMILIES[name], dataset, args.epochs, args.train_size, Path(work)))
+                rows.append(run_family(name, FAMILIES[name], dataset, args.epochs, args.train_size, Path(work),
+                                       args.image_tower))
                 print(f"{dataset:9} {name:28} accuracy {rows[-1]['accuracy']:6.2f}  "
                       f"({time.perf_counter() - start:.0f} s)", flush=True)
             section = markdown(rows, dataset, command, threads)
