@@ -164,7 +164,8 @@ def test_the_load_benchmark_runs_without_failures(serve_world, tmp_path):
     index = serve_world.index_copy(tmp_path / "index")
     benchmarks = Path(__file__).resolve().parents[2] / "benchmarks"
     done = subprocess.run([sys.executable, "serve_load.py", "--index", str(index), "--requests", "64", "--warmup",
-                           "8", "--concurrency", "1", "8", "32", "--runtimes", "torch", "--out", str(tmp_path / "report")],
+                           "8", "--concurrency", "1", "8", "32", "--runtimes", "torch",
+                           "--out", str(tmp_path / "report")],
                           cwd=benchmarks, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "report" / "serve_load.json").read_text())

@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
     if args.max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
-    options = {"checkpoint": _path(args.checkpoint), "onnx": _path(args.onnx), "vqa_checkpoint": _path(args.vqa_checkpoint),
+    options = {"checkpoint": _path(args.checkpoint), "onnx": _path(args.onnx),
+               "vqa_checkpoint": _path(args.vqa_checkpoint),
                "caption_checkpoint": _path(args.caption_checkpoint), "uploads": _path(args.uploads),
                "api_key": args.api_key or None, "device": args.device, "batch_size": args.batch_size,
                "batch_wait_ms": args.batch_wait_ms,
