@@ -25,11 +25,11 @@ import torch
 from report_setup import start_report
 
 from polymodal import run_training
-from polymodal.data.vqa import load_vqa_spec
+from polymodal.data.transforms import image_transform
 from polymodal.factory import get_model_config
 from polymodal.plots import plot_grouped_bars
 from polymodal.recipes.config import DataConfig, OptimConfig, RunConfig
-from polymodal.tasks.vqa import evaluate_vqa, question_loader
+from polymodal.tasks.vqa import question_loader
 from polymodal.train.metrics_log import MetricsLog
 
 ATTENTION = {"layers": 2, "heads": 4, "mlp_ratio": 2.0}
@@ -59,18 +59,26 @@ DATASETS = {
 
 
 # What reads the image: the presets' from-scratch ResNet at 32 px, or EfficientNet-Lite0 (ImageNet), frozen, whose
-# 7x7 token grid is computed once per image and cached (small shapes survive its 224 px input).
-IMAGE_TOWERS = {"scratch": None, "efficientnet": {"type": "efficientnet_lite0", "frozen": True}}
+# 7x7 token grid (the ImageNet head's 1280 channels, or block stage 5's 192) is computed once per image and cached
+# (small shapes survive its 224 px input), with learned-scale 2-D sin-cos positions added to its tokens.
+EFFICIENTNET = {"type": "efficientnet_lite0", "frozen": True}
+IMAGE_TOWERS: dict[str, dict] = {
+    "scratch": {},
+    "efficientnet": {"image": EFFICIENTNET, "image_positions": "sincos"},
+    "efficientnet-stage5": {"image": {**EFFICIENTNET, "feature_stage": 5}, "image_positions": "sincos"},
+}
 
 
 def model_config(family: dict, image_tower: str = "scratch") -> dict:
     config = copy.deepcopy(get_model_config("vqa-concat-tiny"))
     fusion = {key: value for key, value in family.items() if key != "drop"}
     config["fusion"] = {"level": "early", **fusion}
-    if IMAGE_TOWERS[image_tower] is not None:
-        config["image"] = dict(IMAGE_TOWERS[image_tower])
+    tower = IMAGE_TOWERS[image_tower]
     if "drop" in family:
         del config[family["drop"]]
+    if "image" in tower and "image" in config:
+        config["image"] = dict(tower["image"])
+        config["fusion"]["image_positions"] = tower["image_positions"]
     return config
 
 
@@ -102,30 +110,37 @@ def run_family(name: str, family: dict, dataset: str, epochs: int, train_size: i
                image_tower: str = "scratch") -> dict:
     train_spec, test_spec = train_spec_for(dataset, train_size), DATASETS[dataset][1]
     out = work / f"{dataset}-{name.replace(' ', '_').replace('(', '').replace(')', '')}"
-    config = RunConfig(model=model_config(family, image_tower), data=DataConfig(train=train_spec, val=None),
+    # The test split is the run's validation set, scored after every epoch: a frozen tower then reads each test
+    # image once (cached), not once per question.
+    config = RunConfig(model=model_config(family, image_tower),
+                       data=DataConfig(train=train_spec, val=test_spec),
                        train=OptimConfig(epochs=epochs, batch_size=64, lr=2e-3, weight_decay=0.05, warmup_steps=50,
                                          checkpoint_every=0, log_every=50, precision="fp32", seed=0),
                        out=str(out))
     result = run_training(config, progress=False)
-    test_set = load_vqa_spec(test_spec)
-    transform = None
-    if result.model.preprocess is not None:
-        from polymodal.data.transforms import image_transform
-
-        transform = image_transform(result.model.preprocess)
-    report = evaluate_vqa(result.model, test_set, result.tokenizer, transform)
-    first_batch = next(iter(question_loader(test_set, result.model, transform, result.tokenizer, batch_size=1)))
-    speeds = [record["samples_per_s"] for record in MetricsLog(out / "metrics.jsonl").read() if "samples_per_s" in record]
-    return {"family": name, "dataset": dataset, "accuracy": report.overall, "per_type": report.per_question_type,
+    records = MetricsLog(out / "metrics.jsonl").read()
+    final = [record for record in records if "val/vqa_accuracy" in record][-1]
+    prefix = "val/vqa_accuracy/"
+    per_type = {key[len(prefix):]: value for key, value in final.items() if key.startswith(prefix)}
+    transform = None if result.model.preprocess is None else image_transform(result.model.preprocess)
+    first_batch = next(iter(question_loader(result.val_set, result.model, transform, result.tokenizer, batch_size=1)))
+    speeds = [record["samples_per_s"] for record in records if "samples_per_s" in record]
+    return {"family": name, "dataset": dataset, "accuracy": final["val/vqa_accuracy"], "per_type": per_type,
             "parameters": sum(p.numel() for p in result.model.parameters()),
             "train_samples_per_s": statistics.median(speeds), "latency_ms": latency_ms(result.model, first_batch),
-            "epochs": epochs, "questions": report.count, "train": train_spec}
+            "epochs": epochs, "questions": len(result.val_set), "train": train_spec}
 
 
-def markdown(rows: list[dict], dataset: str, command: str, threads: int) -> str:
+def report_name(dataset: str, image_tower: str) -> str:
+    """File stem of a dataset's report; runs with another image tower get their own files."""
+    return f"fusion_compare_{dataset}" + ("" if image_tower == "scratch" else f"_{image_tower}")
+
+
+def markdown(rows: list[dict], dataset: str, command: str, threads: int, image_tower: str) -> str:
     types = list(dict.fromkeys(t for row in rows for t in row["per_type"]))
     header = ["family", "overall", *types, "parameters", "train samples/s", "latency ms"]
-    lines = [f"### {dataset}: {rows[0]['questions']} test questions; trained on {rows[0]['train']}, "
+    lines = [f"### {dataset}, image tower {image_tower}: {rows[0]['questions']} test questions; "
+             f"trained on {rows[0]['train']}, "
              f"{rows[0]['epochs']} epoch(s) each, CPU with {threads} thread(s)", "",
              "| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
     for row in rows:
@@ -141,11 +156,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--image-tower", dest="image_tower", choices=list(IMAGE_TOWERS), default="scratch",
                         help="scratch: the presets' 32 px ResNet; efficientnet: frozen ImageNet EfficientNet-Lite0 "
-                             "tokens, cached (question-only rows are unaffected)")
+                             "tokens (the head's map; -stage5: block stage 5's), cached, with 2-D sin-cos positions "
+                             "(question-only rows are unaffected)")
     parser.add_argument("--train-size", type=int, help="training items (images or scenes) per dataset; 0 = the "
                         "whole training split (default: 2000)")
     parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES), metavar="FAMILY")
-    parser.add_argument("--out", default="docs", help="folder for fusion_compare_DATASET.md/.json/.png")
+    parser.add_argument("--out", default="docs", help="folder for fusion_compare_DATASET[_TOWER].md/.json/.png")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     out, command = start_report(args, __file__)
@@ -159,12 +175,13 @@ def main() -> None:
                                        args.image_tower))
                 print(f"{dataset:9} {name:28} accuracy {rows[-1]['accuracy']:6.2f}  "
                       f"({time.perf_counter() - start:.0f} s)", flush=True)
-            section = markdown(rows, dataset, command, threads)
-            (out / f"fusion_compare_{dataset}.md").write_text(section, encoding="utf-8")
-            (out / f"fusion_compare_{dataset}.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+            section = markdown(rows, dataset, command, threads, args.image_tower)
+            stem = report_name(dataset, args.image_tower)
+            (out / f"{stem}.md").write_text(section, encoding="utf-8")
+            (out / f"{stem}.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
             plot_grouped_bars({row["family"]: {"overall": row["accuracy"], **row["per_type"]} for row in rows},
-                              out / f"fusion_compare_{dataset}.png",
-                              f"VQA accuracy by fusion family: {dataset}", "official VQA accuracy (%)")
+                              out / f"{stem}.png", f"VQA accuracy by fusion family: {dataset}, {args.image_tower} "
+                              "image tower", "official VQA accuracy (%)")
             print(section)
 
 
