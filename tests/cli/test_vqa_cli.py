@@ -4,17 +4,22 @@ from pathlib import Path
 
 import pytest
 
+from polymodal.factory import get_model_config
 from tests.run_helpers import export_splits, polymodal_cli as polymodal, train_with_cli
 
-pytestmark = pytest.mark.slow  # the module trains a VQA model once (~1 min on 2 cores)
+pytestmark = pytest.mark.slow  # the module trains a VQA model once (~2-5 min on 2 cores, by the CPU's conv speed)
 
 
 @pytest.fixture(scope="module")
 def vqa_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("vqa")
     export_splits("easy-vqa", root / "evqa", {"train": 400, "test": 40}, "vqa")
+    # vqa-concat-tiny with a ResNet half as wide: a quarter of the convolution work, which dominates a step on
+    # CPUs without AVX-512, and colour is still learned (measured: 10% -> 86% in six epochs).
+    model = get_model_config("vqa-concat-tiny")
+    model["image"]["width"] = 16
     config = {
-        "model": "vqa-concat-tiny",
+        "model": model,
         "data": {"train": str(root / "evqa" / "train"), "val": str(root / "evqa" / "test")},
         "train": {"epochs": 6, "batch_size": 64, "lr": 0.003, "warmup_steps": 10, "checkpoint_every": 0,
                   "log_every": 5, "precision": "fp32"},
@@ -76,8 +81,8 @@ def test_vqa_refuses_a_model_that_is_not_a_vqa_model(tmp_path):
 
 
 def test_the_tiny_model_learns(vqa_run):
-    """Colour questions go from chance to mostly right in six short epochs (measured: 8% -> 90%; the overall
-    accuracy 71% -> 82%, the yes/no prior being ~86% of the existence questions)."""
+    """Colour questions go from chance to mostly right in six short epochs (measured: 10% -> 86%; the overall
+    accuracy 71% -> 80%, the yes/no prior being ~86% of the existence questions)."""
     records = [json.loads(line) for line in (vqa_run / "run" / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in records if "val/vqa_accuracy" in r]
     assert val[0]["val/vqa_accuracy/colour"] < 40 and val[-1]["val/vqa_accuracy/colour"] > 70
