@@ -45,6 +45,8 @@ FAMILIES: dict[str, dict] = {
     "bilinear (MLB)": {"kind": "bilinear", "dim": 256, "options": {"rank": 256}},
     "FiLM": {"kind": "film", "dim": 256},
     "cross-attention": {"kind": "cross_attention", "dim": 128, "options": ATTENTION},
+    "cross + self-attention (ALBEF-like)": {"kind": "cross_attention", "dim": 128,
+                                            "options": {**ATTENTION, "self_attention": True}},
     "single-stream (ViLT-like)": {"kind": "single_stream", "dim": 128, "options": ATTENTION},
     "co-attention (ViLBERT-like)": {"kind": "co_attention", "dim": 128, "options": ATTENTION},
     "late (gate)": {"level": "late", "combine": "gate"},

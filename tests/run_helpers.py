@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 
@@ -22,6 +23,20 @@ def polymodal_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedPr
     """``polymodal ARGS`` in a fresh interpreter, as a user runs it; stdout and stderr captured as text."""
     return subprocess.run([sys.executable, "-m", "polymodal.cli", *args], capture_output=True, text=True,
                           timeout=600, cwd=cwd)
+
+
+def cli_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """``polymodal ARGS`` through ``polymodal.cli.main`` in this interpreter: its exit status (argparse's refusals
+    included) and what it wrote to stderr. A traceback there is always a failure: bad input gets one line."""
+    from polymodal.cli.main import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:
+        code = exit_.code
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr, stderr
+    return int(code or 0), stderr
 
 
 def export_splits(name: str, root: Path, sizes: dict[str, int], file_format: str) -> None:

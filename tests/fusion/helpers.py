@@ -15,9 +15,10 @@ MASKS = {
     "text": torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool),
     "audio": None,
 }
-# Small attention stacks so every test stays fast; all other kinds run with their defaults.
+# Small attention stacks so every test stays fast; all other kinds run with their defaults. Cross-attention runs
+# with its optional self-attention, so the shared padding and gradient tests reach that path too.
 OPTIONS = {
-    "cross_attention": {"heads": 2},
+    "cross_attention": {"heads": 2, "self_attention": True},
     "single_stream": {"heads": 2, "layers": 1, "mlp_ratio": 2.0},
     "co_attention": {"heads": 2, "mlp_ratio": 2.0},
 }

@@ -1,10 +1,11 @@
+import pytest
 import torch
 
 from polymodal.encoders.base import EncoderOutput
 from polymodal.fusion import CrossAttentionFusion
 from polymodal.layers.pooling import masked_mean
 
-from .helpers import DIMS, make_features
+from .helpers import DIMS, make_features, perturb_padding
 
 
 def build(**options) -> CrossAttentionFusion:
@@ -12,9 +13,18 @@ def build(**options) -> CrossAttentionFusion:
     return CrossAttentionFusion(DIMS, dim=8, heads=2, **options).eval()
 
 
-def test_single_context_token_reduces_to_its_value() -> None:
+def masked_self_attention(attention, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Hand-written multi-head ``softmax(QK^T/√d)V`` (2 heads of width 4) where padded tokens get no weight."""
+    batch, length, _ = x.shape
+    q, k, v = attention.qkv(x).view(batch, length, 3, 2, 4).permute(2, 0, 3, 1, 4)  # each (B, H, N, d)
+    scores = (q @ k.transpose(-2, -1)) / 2.0 + torch.where(mask, 0.0, float("-inf"))[:, None, None, :]
+    return attention.proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(batch, length, 8))
+
+
+@pytest.mark.parametrize("self_attention", [False, True])
+def test_single_context_token_reduces_to_its_value(self_attention: bool) -> None:
     # With one key, every query's attention weight is 1: each block adds P_o V(LN_c(c)) whatever the query.
-    fusion = build()
+    fusion = build(self_attention=self_attention)
     features = make_features()
     image = EncoderOutput(features["image"].tokens[:, :1], features["image"].pooled)
     text = features["text"]
@@ -22,10 +32,12 @@ def test_single_context_token_reduces_to_its_value() -> None:
 
     block = fusion.blocks[0]
     x = fusion.query_proj(text.tokens)
+    if self_attention:  # ALBEF's order: self-attention, then cross-attention, then the MLP
+        x = x + masked_self_attention(block.self_attn, block.norm_self(x), text.mask)
     value = block.attn.kv(block.norm_context(fusion.context_proj(image.tokens)))[..., 8:]  # (B, 1, dim)
     x = x + block.attn.proj(value)
     x = fusion.norm(x + block.mlp(block.norm2(x)))
-    torch.testing.assert_close(out.tokens, x)
+    torch.testing.assert_close(out.tokens[text.mask], x[text.mask])
     torch.testing.assert_close(out.fused, masked_mean(x, text.mask))
 
 
@@ -43,6 +55,20 @@ def test_text_reads_the_image_but_not_other_text_tokens() -> None:
     changed = fusion({**features, "text": EncoderOutput(tokens, text.pooled, text.mask)}).tokens
     torch.testing.assert_close(changed[:, 1:], out.tokens[:, 1:])  # no self-attention among query tokens
     assert not torch.allclose(changed[:, 0], out.tokens[:, 0])
+
+
+def test_self_attention_lets_words_read_each_other_but_not_padding() -> None:
+    fusion = build(layers=2, self_attention=True)
+    features = make_features()
+    out = fusion(features)
+    text = features["text"]
+    tokens = text.tokens.clone()
+    tokens[:, 0] += 5.0
+    changed = fusion({**features, "text": EncoderOutput(tokens, text.pooled, text.mask)}).tokens
+    # Row 0 has four real words: the first one's change reaches the other three.
+    assert not torch.allclose(changed[0, 1:], out.tokens[0, 1:])
+    padded = fusion(perturb_padding(features))
+    torch.testing.assert_close(padded.fused, out.fused)
 
 
 def test_first_token_pooling_and_swapped_roles() -> None:

@@ -16,7 +16,7 @@ Kinds, their classes and their options (besides ``input_dims`` and ``dim``):
 * ``bilinear``: :class:`BilinearFusion` (``rank``)
 * ``film``: :class:`FiLMFusion` (``condition``, ``target``)
 * ``cross_attention``: :class:`CrossAttentionFusion` (``query``, ``context``, ``layers``, ``heads``, ``mlp_ratio``,
-  ``pool``)
+  ``pool``, ``self_attention``)
 * ``single_stream``: :class:`SingleStreamFusion` (``layers``, ``heads``, ``mlp_ratio``)
 * ``co_attention``: :class:`CoAttentionFusion` (``layers``, ``heads``, ``mlp_ratio``, ``pool``, ``combine``)
 """

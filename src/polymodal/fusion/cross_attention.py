@@ -1,17 +1,22 @@
 """Cross-attention fusion: the query modality's tokens (default text) attend to the context modality's tokens
 (default image): seed article 004, 3.2.2 (图文交叉注意力), the cross-attention sub-layer of fusion encoders such as
-ALBEF's, here without their self-attention.
+ALBEF's; with ``self_attention=True`` each layer is ALBEF's whole fusion layer.
 
 Each layer is a pre-norm residual block, with ``Attention(Q, K, V) = softmax(Q K^T / √d_k) V`` per head::
 
+    x = x + SelfAttn(LN_s(x))                            only with self_attention=True; keys: real query tokens
     x = x + CrossAttn(Q = LN_q(x), K = V = LN_c(c))      keys from the context's real tokens only
     x = x + MLP(LN(x))
 
 with ``x = P_q T_query`` and ``c = P_c T_context`` both projected to ``dim`` (the context is projected once and
 shared by all layers). After a final LayerNorm, ``fused`` pools the query stream: the mean over its real tokens
-(``pool="mean"``) or its first token (``pool="first"``, for encoders that emit a CLS token). Query tokens
-attend only to the context, never to each other, so each query position's output depends on that position and
-the context alone.
+(``pool="mean"``) or its first token (``pool="first"``, for encoders that emit a CLS token).
+
+Without self-attention the query tokens never read each other, so each query position's output depends on that
+position and the context alone, and the mean pool is a symmetric sum of what each word found: "is the circle left
+of the square?" and "is the square left of the circle?" read the same two image regions and come out nearly alike.
+Self-attention lets the words exchange what they found (the circle's position reaches the word "left"), which
+relations need.
 """
 from __future__ import annotations
 
@@ -22,19 +27,25 @@ from torch import nn
 
 from polymodal.encoders.base import EncoderOutput
 from polymodal.fusion.base import Fusion, FusionOutput, bool_mask, check_choice, check_roles, pool_tokens
-from polymodal.layers.attention import CrossAttention
+from polymodal.layers.attention import Attention, CrossAttention
 from polymodal.layers.mlp import Mlp
 from polymodal.layers.transformer import init_weights
 
 
 class CrossAttentionBlock(nn.Module):
-    """Pre-norm ``x + CrossAttn(LN(x), LN(context))`` then ``x + MLP(LN(x))``: ``(B, N, D), (B, M, D) -> (B, N, D)``.
+    """Pre-norm ``x + CrossAttn(LN(x), LN(context))`` then ``x + MLP(LN(x))``: ``(B, N, D), (B, M, D) -> (B, N, D)``,
+    optionally after ``x + SelfAttn(LN(x))`` (ALBEF's fusion layer).
 
     Also the co-attention sub-layer of :class:`polymodal.fusion.co_attention.CoAttentionFusion` (ViLBERT's Co-TRM).
     """
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, self_attention: bool = False) -> None:
         super().__init__()
+        if self_attention:
+            self.norm_self = nn.LayerNorm(dim)
+            self.self_attn = Attention(dim, num_heads=heads)
+        else:
+            self.norm_self = self.self_attn = None
         self.norm1 = nn.LayerNorm(dim)
         self.norm_context = nn.LayerNorm(dim)
         self.attn = CrossAttention(dim, num_heads=heads)
@@ -42,9 +53,12 @@ class CrossAttentionBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None
+        self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``context_mask (B, M)``: True = real context token; padded ones are never attended to."""
+        """``context_mask (B, M)``, ``mask (B, N)``: True = real token; padded ones are never attended to."""
+        if self.self_attn is not None:
+            x = x + self.self_attn(self.norm_self(x), mask=mask)
         x = x + self.attn(self.norm1(x), self.norm_context(context), context_mask=context_mask)
         return x + self.mlp(self.norm2(x))
 
@@ -59,6 +73,7 @@ class CrossAttentionFusion(Fusion):
         heads: attention heads; must divide ``dim``.
         mlp_ratio: MLP hidden width as a multiple of ``dim``.
         pool: ``"mean"`` (over real query tokens) or ``"first"``.
+        self_attention: query tokens also attend to each other in every layer, before the cross-attention.
     """
 
     uses_tokens = True
@@ -73,6 +88,7 @@ class CrossAttentionFusion(Fusion):
         heads: int = 8,
         mlp_ratio: float = 4.0,
         pool: str = "mean",
+        self_attention: bool = False,
     ) -> None:
         super().__init__(input_dims, dim)
         check_roles(self.input_dims, query=query, context=context)
@@ -80,7 +96,9 @@ class CrossAttentionFusion(Fusion):
         self.query, self.context, self.pool = query, context, pool
         self.query_proj = nn.Linear(self.input_dims[query], dim)
         self.context_proj = nn.Linear(self.input_dims[context], dim)
-        self.blocks = nn.ModuleList(CrossAttentionBlock(dim, heads, mlp_ratio) for _ in range(layers))
+        self.blocks = nn.ModuleList(
+            CrossAttentionBlock(dim, heads, mlp_ratio, self_attention) for _ in range(layers)
+        )
         self.norm = nn.LayerNorm(dim)
         self.apply(init_weights)
 
@@ -88,9 +106,8 @@ class CrossAttentionFusion(Fusion):
         query, context = features[self.query], features[self.context]
         x = self.query_proj(query.tokens)  # (B, N_q, dim)
         c = self.context_proj(context.tokens)  # (B, N_c, dim)
-        context_mask = bool_mask(context)
+        context_mask, mask = bool_mask(context), bool_mask(query)
         for block in self.blocks:
-            x = block(x, c, context_mask)
+            x = block(x, c, context_mask, mask)
         x = self.norm(x)
-        mask = bool_mask(query)
         return FusionOutput(fused=pool_tokens(x, mask, self.pool), tokens=x, mask=mask)
