@@ -34,6 +34,8 @@ def test_training_logs_vqa_accuracy_and_saves_the_answer_list(vqa_run):
     accuracies = [r["val/vqa_accuracy"] for r in records if "val/vqa_accuracy" in r]
     assert len(accuracies) == 6
     assert {"val/vqa_accuracy/colour", "val/vqa_accuracy/shape", "val/vqa_accuracy/exists"} <= set(records[-1])
+    colour = [r["val/vqa_accuracy/colour"] for r in records if "val/vqa_accuracy/colour" in r]
+    assert colour[-1] > colour[0] + 30, f"colour questions were not learned: {colour}"  # measured 10 -> 86
     config = json.loads(next((vqa_run / "run" / "checkpoints").glob("step_*/config.json")).read_text())
     assert {"yes", "no", "red", "circle"} <= set(config["answers"]) and len(config["answers"]) <= 64
 
