@@ -47,6 +47,11 @@ FAMILIES: dict[str, dict] = {
     "cross-attention": {"kind": "cross_attention", "dim": 128, "options": ATTENTION},
     "cross + self-attention (ALBEF-like)": {"kind": "cross_attention", "dim": 128,
                                             "options": {**ATTENTION, "self_attention": True}},
+    # The text tower's context_length (24) positions kept in order: "A ... B" and "B ... A" read differently.
+    "cross-attention (slots)": {"kind": "cross_attention", "dim": 128, "options": {**ATTENTION, "pool": "slots",
+                                                                                  "slots": 24}},
+    "cross + self-attention (slots)": {"kind": "cross_attention", "dim": 128,
+                                       "options": {**ATTENTION, "self_attention": True, "pool": "slots", "slots": 24}},
     "single-stream (ViLT-like)": {"kind": "single_stream", "dim": 128, "options": ATTENTION},
     "co-attention (ViLBERT-like)": {"kind": "co_attention", "dim": 128, "options": ATTENTION},
     "late (gate)": {"level": "late", "combine": "gate"},

@@ -107,6 +107,9 @@ def test_unknown_kind_and_option_errors() -> None:
         ("film", {"condition": "audio"}, r"unknown \{'condition': 'audio'\}, without a role \['text'\]"),
         ("cross_attention", {"query": "image"}, "distinct"),
         ("cross_attention", {"pool": "max"}, "pool='max'"),
+        ("cross_attention", {"pool": "slots"}, r"pool='slots' needs slots >= 1 .* slots=None"),
+        ("cross_attention", {"pool": "slots", "slots": 0}, "slots=0"),
+        ("cross_attention", {"slots": 4}, r"other pools none; got pool='mean', slots=4"),
         ("co_attention", {"combine": "sum"}, "combine='sum'"),
     ],
 )

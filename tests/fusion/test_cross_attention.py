@@ -76,3 +76,21 @@ def test_first_token_pooling_and_swapped_roles() -> None:
     torch.testing.assert_close(out.fused, out.tokens[:, 0])
     swapped = build(query="image", context="text")(make_features())
     assert swapped.tokens.shape == (3, 5, 8)
+
+
+def test_slots_pooling_is_a_linear_map_of_the_ordered_real_tokens() -> None:
+    fusion = build(pool="slots", slots=6)
+    features = make_features()
+    out = fusion(features)
+    text_mask = features["text"].mask
+    kept = torch.zeros(3, 6, 8)
+    kept[:, :4] = out.tokens * text_mask[..., None]  # 4 text positions, padding zeroed, 2 empty slots
+    expected = kept.flatten(1) @ fusion.slot_proj.weight.T + fusion.slot_proj.bias
+    torch.testing.assert_close(out.fused, expected)
+    torch.testing.assert_close(fusion(perturb_padding(features)).fused, out.fused)
+    # Order matters: swapping two real words changes the read-out, where a mean would not see it.
+    text = features["text"]
+    swapped = EncoderOutput(text.tokens[:, [1, 0, 2, 3]], text.pooled, text.mask)
+    assert not torch.allclose(fusion({**features, "text": swapped}).fused[0], out.fused[0])
+    mean = build()
+    torch.testing.assert_close(mean({**features, "text": swapped}).fused[0], mean(features).fused[0])

@@ -1,6 +1,8 @@
 import torch
 
-from polymodal.layers import AttentionPool, first_token, last_valid_token, masked_mean
+import pytest
+
+from polymodal.layers import AttentionPool, first_token, last_valid_token, masked_mean, ordered_slots
 
 
 def test_masked_mean_averages_real_positions_only() -> None:
@@ -12,6 +14,21 @@ def test_masked_mean_averages_real_positions_only() -> None:
     torch.testing.assert_close(out[1], x[1, :2].mean(0))
     torch.testing.assert_close(masked_mean(x[:1]), x[0:1].mean(1))
     assert torch.equal(masked_mean(x, torch.zeros(2, 5)), torch.zeros(2, 3))
+
+
+def test_ordered_slots_keeps_positions_zeroes_padding_and_fills_to_length() -> None:
+    x = torch.arange(2 * 3 * 2, dtype=torch.float).reshape(2, 3, 2) + 1  # rows [[1,2],[3,4],[5,6]], [[7,8],...]
+    x[1, 2] = float("inf")  # padding, must come out as 0
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    out = ordered_slots(x, mask, slots=4)
+    assert out.tolist() == [[1, 2, 3, 4, 5, 6, 0, 0], [7, 8, 9, 10, 0, 0, 0, 0]]
+    # Padding past the slots may be cut; real tokens may not.
+    assert ordered_slots(x[1:], mask[1:], slots=2).tolist() == [[7, 8, 9, 10]]
+    with pytest.raises(ValueError, match="slots=2 is shorter than a sequence with 3 real tokens"):
+        ordered_slots(x, mask, slots=2)
+    with pytest.raises(ValueError, match="slots=2 is shorter than the 3 tokens"):
+        ordered_slots(x[:1], None, slots=2)
+    assert ordered_slots(x[:1], None, slots=3).tolist() == [[1, 2, 3, 4, 5, 6]]
 
 
 def test_first_and_last_valid_token() -> None:

@@ -10,13 +10,19 @@ Each layer is a pre-norm residual block, with ``Attention(Q, K, V) = softmax(Q K
 
 with ``x = P_q T_query`` and ``c = P_c T_context`` both projected to ``dim`` (the context is projected once and
 shared by all layers). After a final LayerNorm, ``fused`` pools the query stream: the mean over its real tokens
-(``pool="mean"``) or its first token (``pool="first"``, for encoders that emit a CLS token).
+(``pool="mean"``), its first token (``pool="first"``, for encoders that emit a CLS token), or its first ``slots``
+positions side by side, padding zeroed, through one linear map (``pool="slots"``)::
+
+    fused = W [x_1; x_2; ...; x_slots] + b,     W: (dim, slots·dim)
 
 Without self-attention the query tokens never read each other, so each query position's output depends on that
 position and the context alone, and a relation between two things the words found ("is the circle left of the
 square?") has to come out of the per-token MLPs and the pooled sum. Self-attention lets the words exchange what
-they found before pooling. (On the shapes world's position questions neither learned the comparison within 6
-epochs: README, "The shapes world with a pretrained image tower".)
+they found before pooling. Neither helps with a relation between two named things: a mean is the same for
+"A ... B" and "B ... A" up to what the text tower's positions leave in the tokens, so on the shapes world's "is A
+left of B?" the mean-pooled read-out stays at chance. ``pool="slots"`` keeps each word's read of the image in its
+own place, where ``x_A - x_B`` is a linear function of the read-out (README, "The shapes world with a pretrained
+image tower").
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from polymodal.encoders.base import EncoderOutput
 from polymodal.fusion.base import Fusion, FusionOutput, bool_mask, check_choice, check_roles, pool_tokens
 from polymodal.layers.attention import Attention, CrossAttention
 from polymodal.layers.mlp import Mlp
+from polymodal.layers.pooling import ordered_slots
 from polymodal.layers.transformer import init_weights
 
 
@@ -72,8 +79,11 @@ class CrossAttentionFusion(Fusion):
         layers: number of blocks.
         heads: attention heads; must divide ``dim``.
         mlp_ratio: MLP hidden width as a multiple of ``dim``.
-        pool: ``"mean"`` (over real query tokens) or ``"first"``.
+        pool: ``"mean"`` (over real query tokens), ``"first"`` or ``"slots"`` (the first ``slots`` positions in
+            order, projected to ``dim``).
         self_attention: query tokens also attend to each other in every layer, before the cross-attention.
+        slots: with ``pool="slots"``, how many query positions the read-out keeps: at least the longest query
+            (a text tower's ``context_length``).
     """
 
     uses_tokens = True
@@ -89,17 +99,21 @@ class CrossAttentionFusion(Fusion):
         mlp_ratio: float = 4.0,
         pool: str = "mean",
         self_attention: bool = False,
+        slots: int | None = None,
     ) -> None:
         super().__init__(input_dims, dim)
         check_roles(self.input_dims, query=query, context=context)
-        check_choice("pool", pool, ("mean", "first"))
-        self.query, self.context, self.pool = query, context, pool
+        check_choice("pool", pool, ("mean", "first", "slots"))
+        if (pool == "slots") != (slots is not None) or (slots is not None and slots < 1):
+            raise ValueError(f"pool='slots' needs slots >= 1 and other pools none; got pool={pool!r}, slots={slots!r}")
+        self.query, self.context, self.pool, self.slots = query, context, pool, slots
         self.query_proj = nn.Linear(self.input_dims[query], dim)
         self.context_proj = nn.Linear(self.input_dims[context], dim)
         self.blocks = nn.ModuleList(
             CrossAttentionBlock(dim, heads, mlp_ratio, self_attention) for _ in range(layers)
         )
         self.norm = nn.LayerNorm(dim)
+        self.slot_proj = nn.Linear(slots * dim, dim) if slots else None
         self.apply(init_weights)
 
     def fuse(self, features: Mapping[str, EncoderOutput]) -> FusionOutput:
@@ -110,4 +124,8 @@ class CrossAttentionFusion(Fusion):
         for block in self.blocks:
             x = block(x, c, context_mask, mask)
         x = self.norm(x)
-        return FusionOutput(fused=pool_tokens(x, mask, self.pool), tokens=x, mask=mask)
+        if self.slot_proj is not None:
+            fused = self.slot_proj(ordered_slots(x, mask, self.slots))
+        else:
+            fused = pool_tokens(x, mask, self.pool)
+        return FusionOutput(fused=fused, tokens=x, mask=mask)

@@ -2,7 +2,9 @@
 from polymodal.layers.attention import Attention, CrossAttention, make_attn_mask
 from polymodal.layers.mlp import Activation, Mlp, QuickGELU, make_activation
 from polymodal.layers.patch_embed import PatchEmbed
-from polymodal.layers.pooling import AttentionPool, AttentionPoolHead, first_token, last_valid_token, masked_mean
+from polymodal.layers.pooling import (
+    AttentionPool, AttentionPoolHead, first_token, last_valid_token, masked_mean, ordered_slots,
+)
 from polymodal.layers.pos_embed import (
     LearnedPosEmbed2d,
     SinCosPosEmbed2d,
@@ -30,6 +32,7 @@ __all__ = [
     "make_activation",
     "make_attn_mask",
     "masked_mean",
+    "ordered_slots",
     "resample_abs_pos_embed",
     "sincos_2d_pos_embed",
 ]

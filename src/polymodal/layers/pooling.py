@@ -37,6 +37,23 @@ def last_valid_token(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch
     return x[torch.arange(x.shape[0], device=x.device), last]
 
 
+def ordered_slots(x: torch.Tensor, mask: torch.Tensor | None, slots: int) -> torch.Tensor:
+    """The first ``slots`` positions side by side, padded ones zeroed: ``(B, N, D), (B, N) -> (B, slots·D)``.
+
+    Unlike a mean, the result keeps which position said what, so a read-out can tell "A ... B" from "B ... A".
+    Shorter sequences are zero-filled; a real token past ``slots`` raises a ValueError rather than being dropped.
+    """
+    if mask is not None:
+        x = x.masked_fill(~mask.bool().unsqueeze(-1), 0.0)
+        if x.shape[1] > slots and bool(mask[:, slots:].any()):
+            longest = int(mask.bool().sum(dim=1).max())
+            raise ValueError(f"slots={slots} is shorter than a sequence with {longest} real tokens; raise slots")
+    elif x.shape[1] > slots:
+        raise ValueError(f"slots={slots} is shorter than the {x.shape[1]} tokens given; raise slots")
+    x = torch.nn.functional.pad(x[:, :slots], (0, 0, 0, slots - min(x.shape[1], slots)))
+    return x.flatten(1)
+
+
 class AttentionPool(nn.Module):
     """A learned query attends over the tokens (Set Transformer's PMA, CoCa's attentional pooler).
 
