@@ -13,6 +13,7 @@ dataset's held-out split; latency is the median time of one forward pass for one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
@@ -170,10 +171,12 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES), metavar="FAMILY")
     parser.add_argument("--out", default="docs", help="folder for fusion_compare_DATASET[_TOWER].md/.json/.png")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--keep-runs", dest="keep_runs", help="keep each family's run folder (model, metrics.jsonl) "
+                        "under this folder, for `polymodal eval` or `polymodal vqa` afterwards (default: deleted)")
     args = parser.parse_args()
     out, command = start_report(args, __file__)
     threads = torch.get_num_threads()
-    with tempfile.TemporaryDirectory() as work:
+    with (contextlib.nullcontext(args.keep_runs) if args.keep_runs else tempfile.TemporaryDirectory()) as work:
         for dataset in args.datasets:
             rows = []
             for name in args.families:

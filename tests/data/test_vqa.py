@@ -18,6 +18,7 @@ from polymodal.data.vqa import (
     AnswerVocab,
     build_answer_vocab,
     load_vqa,
+    load_vqa_spec,
     read_vqa,
     soft_target_tensor,
     soft_targets,
@@ -278,3 +279,22 @@ def test_soft_targets() -> None:
     assert batch.dtype == torch.float32 and batch.shape == (2, 4)
     expected = torch.tensor([[1.0, 1 / 3, 2 / 3, 0.0], [0.0, 0.0, 0.0, 1.0]])
     assert torch.allclose(batch, expected)
+
+
+def test_spec_question_filters() -> None:
+    every = load_vqa_spec({"name": "shapes", "split": "train", "size": 40})
+    colour = load_vqa_spec({"name": "shapes", "split": "train", "size": 40, "questions": "^what colou?r"})
+    assert colour.records == [r for r in every.records if r.question.startswith("what colour")]
+    assert colour.records and {r.question_type for r in colour.records} == {"colour"}
+    one_word = load_vqa_spec({"name": "shapes", "split": "train", "size": 40, "skip_questions": "right of|below"})
+    assert one_word.records == [r for r in every.records if "right of" not in r.question and "below" not in r.question]
+    assert len(one_word) < len(every) and any("left of" in r.question for r in one_word.records)
+    both = load_vqa_spec({"name": "shapes", "split": "train", "size": 40, "questions": "left of|above",
+                          "skip_questions": "^what"})
+    assert both.records and all(r.question.startswith("is ") for r in both.records)
+    with pytest.raises(ValueError, match=r"questions='\(' .* is not a regular expression"):
+        load_vqa_spec({"name": "shapes", "size": 2, "questions": "("})
+    with pytest.raises(ValueError, match="no question of 'shapes' is left"):
+        load_vqa_spec({"name": "shapes", "size": 2, "questions": "zebra"})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['question'\]"):
+        load_vqa_spec({"name": "shapes", "size": 2, "question": "colour"})

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -289,6 +290,13 @@ def _sample_images(dataset: ImageTextSet, size: int | None) -> ImageTextSet:
     return sample
 
 
+def _question_pattern(spec: dict, key: str) -> re.Pattern:
+    try:
+        return re.compile(spec[key])
+    except (re.error, TypeError) as error:
+        raise ValueError(f"{key}={spec[key]!r} in {spec!r} is not a regular expression: {error}") from None
+
+
 def clean_answer(answer: str) -> str:
     """The form answers are counted and looked up in: lower-case, trimmed, runs of whitespace as one space.
 
@@ -385,12 +393,32 @@ def soft_target_tensor(answers_batch: Sequence[Sequence[str]], vocab: AnswerVoca
 
 def load_vqa_spec(spec: Any, skip_bad: bool = False) -> ImageTextSet:
     """What a run config names as VQA data → a VQA set: a name or folder (see :func:`load_vqa`), or a mapping
-    ``{name: ..., split: ..., size: ...}``."""
+    ``{name: ..., split: ..., size: ..., questions: REGEX, skip_questions: REGEX}``.
+
+    ``questions`` keeps only the questions it matches (``re.search``), ``skip_questions`` drops those it matches:
+    e.g. ``questions: "colou?r"`` trains on colour questions alone, and a first stage with ``skip_questions:
+    "right of|below"`` sees each spatial relation under one word only (a curriculum: README, "The shapes world
+    with a pretrained image tower").
+    """
     if isinstance(spec, (str, Path)):
         return load_vqa(spec, skip_bad=skip_bad)
     if isinstance(spec, dict) and "name" in spec:
-        unknown = sorted(set(spec) - {"name", "split", "size"})
+        unknown = sorted(set(spec) - {"name", "split", "size", "questions", "skip_questions"})
         if unknown:
-            raise ValueError(f"a VQA dataset takes name, split and size; unknown key(s) {unknown} in {spec!r}")
-        return load_vqa(spec["name"], spec.get("split"), spec.get("size"), skip_bad=skip_bad)
+            raise ValueError(f"a VQA dataset takes name, split, size, questions and skip_questions; unknown key(s) "
+                             f"{unknown} in {spec!r}")
+        patterns = {key: _question_pattern(spec, key) for key in ("questions", "skip_questions") if key in spec}
+        dataset = load_vqa(spec["name"], spec.get("split"), spec.get("size"), skip_bad=skip_bad)
+        if not patterns:
+            return dataset
+        keep = patterns.get("questions")
+        skip = patterns.get("skip_questions")
+        kept = [i for i, record in enumerate(dataset.records)
+                if (keep is None or keep.search(record.question)) and not (skip and skip.search(record.question))]
+        if not kept:
+            raise ValueError(f"no question of {spec['name']!r} is left after filtering with "
+                             f"{ {key: spec[key] for key in patterns} }")
+        filtered = dataset.subset(kept)
+        filtered.skipped = dataset.skipped
+        return filtered
     raise ValueError(f"a VQA dataset is a name, a folder or a mapping with 'name', got {spec!r}")
