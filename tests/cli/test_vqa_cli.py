@@ -50,6 +50,12 @@ def test_eval_prints_overall_and_per_type_accuracy_as_json(vqa_run):
     # The per-type figures average to the overall one, weighted by how many questions each type has.
     table = polymodal("eval", str(vqa_run / "run"), "--data", str(vqa_run / "evqa" / "test"))
     assert "vqa_accuracy" in table.stdout and "question_type/colour" in table.stdout
+    colour = polymodal("eval", str(vqa_run / "run"), "--data", str(vqa_run / "evqa" / "test"), "--json",
+                       "--questions", "colou?r", "--skip-questions", "^is ")
+    assert colour.returncode == 0, colour.stderr
+    only = json.loads(colour.stdout)
+    assert [key for key in only if key.startswith("question_type/")] == ["question_type/colour"]
+    assert only["vqa_accuracy"] == metrics["question_type/colour"] and 0 < only["questions"] < metrics["questions"]
 
 
 def test_vqa_answers_with_probabilities(vqa_run):
@@ -74,12 +80,14 @@ def test_vqa_bad_input_gives_one_clear_line(vqa_run, args, message, capsys):
     assert code != 0 and message in stderr
 
 
-def test_vqa_refuses_a_model_that_is_not_a_vqa_model(tmp_path):
+def test_vqa_refuses_a_model_that_is_not_a_vqa_model(tmp_path, capsys):
     from polymodal import create_model, save_model
 
     save_model(create_model("clip-tiny"), tmp_path / "clip")
     done = polymodal("vqa", str(tmp_path / "clip"), "--image", "x.png", "--question", "what?")
     assert done.returncode != 0 and "needs a VQA model" in done.stderr
+    code, stderr = cli_in_process(capsys, "eval", str(tmp_path / "clip"), "--data", "shapes", "--questions", "what")
+    assert code != 0 and "--questions and --skip-questions filter VQA sets" in stderr
 
 
 def test_the_tiny_model_learns(vqa_run):

@@ -22,6 +22,9 @@ ROUGE-L and CIDEr-D for a captioner.
                     export NAME --format vqa`).
                     For a captioner: images with reference captions in any of the formats above (COCO
                     captions JSON, e.g. from `polymodal data export NAME --format coco`).
+  --questions REGEX, --skip-questions REGEX   (VQA) score only the questions the regular expression matches
+                    (does not match), e.g. --questions "^is .* (left of|right of|above|below) " for the shapes
+                    world's yes/no position questions.
   --zero-shot SPEC  a labelled set (ImageFolder or catalog name such as animal-shapes) for zero-shot
                     top-1/top-5 with prompt ensembling.
   --cluster SPEC    a labelled set: k-means (k = its number of classes) on the image embeddings, scored
@@ -43,6 +46,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", help="checkpoint directory or run directory")
     parser.add_argument("--data", help="pairs to evaluate retrieval on (see above)")
     parser.add_argument("--data-split", dest="data_split", help="split of a named --data set (e.g. test)")
+    parser.add_argument("--questions", metavar="REGEX", help="VQA: score only the questions this matches")
+    parser.add_argument("--skip-questions", dest="skip_questions", metavar="REGEX",
+                        help="VQA: leave out the questions this matches")
     parser.add_argument("--zero-shot", dest="zero_shot", help="labelled set for zero-shot classification")
     parser.add_argument("--cluster", help="labelled set for k-means clustering of the image embeddings")
     parser.add_argument("--skip-bad", action="store_true", help="skip and count malformed rows")
@@ -90,6 +96,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{', '.join(caption_options)} {verb} a captioner; {loaded.directory} holds a {task} model")
     if spec is not None and args.data_split is not None:
         spec = {"name": spec, "split": args.data_split} if isinstance(spec, str) else {**spec, "split": args.data_split}
+    filters = {key: value for key, value in (("questions", args.questions), ("skip_questions", args.skip_questions))
+               if value is not None}
+    if filters and task != "vqa":
+        raise ValueError(f"--questions and --skip-questions filter VQA sets; {loaded.directory} holds a {task} model")
+    if filters and spec is not None:
+        spec = {"name": spec, **filters} if isinstance(spec, str) else {**spec, **filters}
     if spec is not None and task == "vqa":
         dataset = load_vqa_spec(spec, args.skip_bad)
         report = evaluate_vqa(loaded.model, dataset, loaded.tokenizer, loaded.transform)

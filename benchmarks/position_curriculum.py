@@ -1,0 +1,177 @@
+"""Can a VQA model learn the shapes world's spatial relations? An ordered read-out, more relation questions and a
+two-stage curriculum, scored on the usual shapes test split.
+
+The shapes world asks about one pair of objects per scene ("is the circle left of the square?", answered yes or
+no with a coin deciding whether the true relation or its opposite is asked) and sometimes "what shape is left of
+the circle?". Every fusion family in ``fusion_compare.py`` stays near chance on them: the yes/no answer is the
+XOR of the relation word and the objects' order, and no single feature correlates with it. This script trains
+``vqa-xattn-effnet`` with its cross-attention read-out replaced by ``pool: slots`` (each word's read of the image
+kept in place), on the training scenes' usual questions plus relation questions about every pair of objects:
+
+- stage 1 (``--stage1-epochs``): each pair asked both ways round with one word per axis ("is A left of B?",
+  "is B left of A?", "above"), so the answer is the objects' order along that axis, no XOR yet;
+- stage 2 (``--stage2-epochs``, starting from stage 1's weights with a fresh optimizer at ``--stage2-lr``): each
+  pair in a random order, asked with its true relation and with the opposite one, all four words.
+
+Both stages are ordinary ``polymodal train`` runs on VQA v2 folders written here (``--work``), the second
+with ``model: WORK/stage1``. The report (``--out``) gives the test accuracy per question type after each stage
+and the position questions split by form, with the question-only baseline trained on the same stage-2 data.
+
+    python benchmarks/position_curriculum.py [--scenes 4000] [--stage1-epochs 3] [--stage2-epochs 5]
+                                             [--threads 2] [--work runs/position] [--out docs]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+from report_setup import processor_name, start_report
+
+from polymodal import run_training
+from polymodal.data.export import export_vqa
+from polymodal.data.shapes import ShapesWorld, VQAItem
+from polymodal.data.shapes_language import relation
+from polymodal.data.vqa import load_vqa_spec
+from polymodal.factory import get_model_config
+from polymodal.model_io import load_for_inference
+from polymodal.recipes.config import DataConfig, OptimConfig, RunConfig
+from polymodal.tasks.vqa import evaluate_vqa
+
+WORDS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
+OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
+ONE_WORD_PER_AXIS = {"right": "left", "below": "above"}  # stage 1 says "B left of A", never "A right of B"
+TEST = {"name": "shapes", "split": "test", "size": 500}
+# The test split's position questions by form, as regular expressions over the question text.
+POSITION_FORMS = {
+    "yes/no position": "^is .* (left of|right of|above|below) ",
+    "what shape is REL X": "^what shape is (left of|right of|above|below) ",
+}
+
+
+def relation_items(world: ShapesWorld, scenes: int, stage: int, seed: int = 0) -> list[VQAItem]:
+    """Yes/no relation questions about every pair of objects in the first ``scenes`` training scenes."""
+    rng = random.Random(seed)
+    items = []
+    for index in range(scenes):
+        scene = world.scene("train", index)
+        shapes = [o.shape for o in scene.objects]
+
+        def ref(o) -> str:  # as the shapes world names objects: the colour only when the shape repeats
+            return f"the {o.shape}" if shapes.count(o.shape) == 1 else f"the {o.colour} {o.shape}"
+
+        for i, a in enumerate(scene.objects):
+            for b in scene.objects[i + 1:]:
+                if stage == 1:
+                    rel = relation(a, b)
+                    if rel in ONE_WORD_PER_AXIS:
+                        a, b, rel = b, a, ONE_WORD_PER_AXIS[rel]
+                    asked = [(a, b, rel, "yes"), (b, a, rel, "no")]
+                else:
+                    if rng.random() < 0.5:
+                        a, b = b, a
+                    rel = relation(a, b)
+                    asked = [(a, b, rel, "yes"), (a, b, OPPOSITE[rel], "no")]
+                for first, second, word, answer in asked:
+                    items.append(VQAItem(scene.key, f"is {ref(first)} {WORDS[word]} {ref(second)}?", answer,
+                                         "position", "yes/no"))
+    return items
+
+
+def write_stage(world: ShapesWorld, scenes: int, stage: int, folder: Path) -> Path:
+    """The scenes' usual questions plus the stage's relation questions, as a VQA v2 folder."""
+    items = world.vqa_items("train", scenes) + relation_items(world, scenes, stage)
+    return export_vqa(world.image_text_set("train", scenes), items, folder, overwrite=True, progress=False)
+
+
+def model_config(question_only: bool, self_attention: bool = False) -> dict:
+    config = copy.deepcopy(get_model_config("vqa-xattn-effnet"))
+    config["fusion"]["options"] = {**config["fusion"]["options"], "pool": "slots", "self_attention": self_attention,
+                                   "slots": config["text"]["context_length"]}
+    if question_only:  # the same text tower and head on pooled question features alone
+        del config["image"]
+        config["fusion"] = {"level": "early", "kind": "concat", "dim": 256}
+    return config
+
+
+def train(model, data: Path, epochs: int, lr: float, out: Path) -> list[dict]:
+    config = RunConfig(model=model, data=DataConfig(train=str(data), val=TEST),
+                       train=OptimConfig(epochs=epochs, batch_size=64, lr=lr, weight_decay=0.05, warmup_steps=100,
+                                         checkpoint_every=0, log_every=50, precision="fp32", seed=0),
+                       out=str(out))
+    run_training(config, progress=False)
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_scores(run: Path) -> dict[str, float]:
+    """Test accuracy overall, per question type and per position-question form."""
+    loaded = load_for_inference(run, "cpu")
+    report = evaluate_vqa(loaded.model, load_vqa_spec(TEST), loaded.tokenizer, loaded.transform)
+    scores = {"overall": report.overall, **report.per_question_type}
+    for form, pattern in POSITION_FORMS.items():
+        subset = load_vqa_spec({**TEST, "questions": pattern})
+        scores[form] = evaluate_vqa(loaded.model, subset, loaded.tokenizer, loaded.transform).overall
+    return scores
+
+
+def markdown(rows: dict[str, dict[str, float]], command: str, threads: int, seconds: dict[str, float]) -> str:
+    columns = ["overall", "count", "colour", "shape", "exists", "position", *POSITION_FORMS]
+    lines = [f"### Position questions with an ordered read-out and a curriculum ({processor_name()}, "
+             f"{threads} thread(s))", "", "| run | " + " | ".join(columns) + " | minutes |",
+             "| --- |" + " ---: |" * (len(columns) + 1)]
+    for name, scores in rows.items():
+        cells = [f"{scores.get(column, float('nan')):.1f}" for column in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {seconds[name] / 60:.0f} |")
+    return "\n".join(lines) + f"\n\nOfficial VQA accuracy (%) on {TEST['size']} test scenes. Made by `{command}`.\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenes", type=int, default=4000, help="training scenes (default 4000)")
+    parser.add_argument("--stage1-epochs", dest="stage1_epochs", type=int, default=3)
+    parser.add_argument("--stage2-epochs", dest="stage2_epochs", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=2e-3, help="stage 1 (and the question-only baseline)")
+    parser.add_argument("--stage2-lr", dest="stage2_lr", type=float, default=1e-3)
+    parser.add_argument("--self-attention", dest="self_attention", action="store_true",
+                        help="ALBEF's fusion layer: the words also read each other before the cross-attention")
+    parser.add_argument("--skip-baseline", dest="skip_baseline", action="store_true",
+                        help="leave out the question-only baseline")
+    parser.add_argument("--work", default="runs/position", help="VQA folders and runs (kept)")
+    parser.add_argument("--out", default="docs", help="folder for position_curriculum.md/.json")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    out, command = start_report(args, __file__)
+    work, world = Path(args.work), ShapesWorld()
+    rows: dict[str, dict[str, float]] = {}
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    stage1_data = write_stage(world, args.scenes, 1, work / "data-stage1")
+    stage2_data = write_stage(world, args.scenes, 2, work / "data-stage2")
+    train(model_config(False, args.self_attention), stage1_data, args.stage1_epochs, args.lr, work / "stage1")
+    seconds["stage 1"] = time.perf_counter() - start
+    rows["stage 1"] = test_scores(work / "stage1")
+    print(rows["stage 1"], flush=True)
+    start = time.perf_counter()
+    train(str(work / "stage1"), stage2_data, args.stage2_epochs, args.stage2_lr, work / "stage2")
+    seconds["stage 2"] = time.perf_counter() - start
+    rows["stage 2"] = test_scores(work / "stage2")
+    print(rows["stage 2"], flush=True)
+    if not args.skip_baseline:
+        start = time.perf_counter()
+        epochs = args.stage1_epochs + args.stage2_epochs
+        train(model_config(True), stage2_data, epochs, args.lr, work / "question-only")
+        seconds["question only"] = time.perf_counter() - start
+        rows["question only"] = test_scores(work / "question-only")
+    report = markdown(rows, command, torch.get_num_threads(), seconds)
+    (out / "position_curriculum.md").write_text(report, encoding="utf-8")
+    (out / "position_curriculum.json").write_text(json.dumps({"rows": rows, "seconds": seconds}, indent=1),
+                                                  encoding="utf-8")
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
