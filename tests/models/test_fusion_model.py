@@ -191,6 +191,8 @@ def test_image_positions_add_the_scaled_2d_sincos_table_to_encoder_and_cached_to
         with pytest.raises(ValueError, match="square token grid; the image encoder gave 5 tokens"):
             model.encode(**text, image_tokens=raw.tokens[:, :5], image_pooled=raw.pooled)
     _check_all_parameters_get_gradients(config)
+    started = create_model({**config, "fusion": {**config["fusion"], "image_positions_scale": 1.0}})
+    assert torch.equal(started.image_positions.scale, torch.ones(width))
     with pytest.raises(ConfigError, match="image_positions"):
         create_model({**config, "fusion": {**config["fusion"], "image_positions": "learned"}})
     question_only = {key: value for key, value in config.items() if key != "image"}

@@ -53,6 +53,9 @@ class FusionSection:
     # CNN towers emit a token grid without positions (a ViT's tokens carry their own): "sincos" adds MAE's fixed
     # 2-D table, times a learned per-channel scale, to the image tokens before fusion (see GridPositions).
     image_positions: Literal["none", "sincos"] = "none"
+    # γ's starting value: 0 begins as the position-free model (best for what-is-where questions); on relation
+    # questions a model that starts at 0 never lets positions in (|γ| stayed ~0.03), so those start at 1.
+    image_positions_scale: float = 0.0
 
 
 @dataclass
@@ -92,7 +95,7 @@ def classifier_head(width: int, hidden: int | None, outputs: int, dropout: float
 
 class GridPositions(nn.Module):
     """``tokens + γ ⊙ P``: MAE's fixed 2-D sin-cos table ``P`` (row-major square grid) times a learned per-channel
-    scale ``γ`` that starts at zero.
+    scale ``γ`` that starts at ``initial_scale`` (default zero).
 
     A frozen CNN's features are sparse non-negative maps (EfficientNet's ReLU6 lies in [0, 6]) that ``P`` at full
     strength (±1 in every channel) swamps: on the shapes world (EfficientNet-Lite0 tokens, cross-attention, 6,000
@@ -101,9 +104,9 @@ class GridPositions(nn.Module):
     carries. The table is fixed, so cached tower outputs stay valid.
     """
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, initial_scale: float = 0.0) -> None:
         super().__init__()
-        self.scale = nn.Parameter(torch.zeros(width))
+        self.scale = nn.Parameter(torch.full((width,), float(initial_scale)))
 
     def forward(self, output: EncoderOutput) -> EncoderOutput:
         count, width = output.tokens.shape[1:]
@@ -244,7 +247,7 @@ def build_fusion_model(config: dict[str, Any], where: str = "model config", for_
     if section.image_positions == "sincos":
         if "image" not in widths:
             raise ConfigError(f"{where}: fusion.image_positions = 'sincos' needs an `image` section")
-        positions = GridPositions(widths["image"])
+        positions = GridPositions(widths["image"], section.image_positions_scale)
     model = FusionModel({name: encoder.encoder for name, encoder in built.items()}, section.level, fusion, heads,
                         late, target_key, positions)
     model.config = copy.deepcopy(config)
