@@ -6,7 +6,8 @@ no with a coin deciding whether the true relation or its opposite is asked) and 
 the circle?". Every fusion family in ``fusion_compare.py`` stays near chance on them: the yes/no answer is the
 XOR of the relation word and the objects' order, and no single feature correlates with it. This script trains
 ``vqa-xattn-effnet`` with its cross-attention read-out replaced by ``pool: slots`` (each word's read of the image
-kept in place), on the training scenes' usual questions plus relation questions about every pair of objects:
+kept in place) and the scale on the image tokens' 2-D positions starting at ``--position-scale`` (1; the preset's 0
+keeps positions out), on the training scenes' usual questions plus relation questions about every pair of objects:
 
 - stage 1 (``--stage1-epochs``): each pair asked both ways round with one word per axis ("is A left of B?",
   "is B left of A?", "above"), so the answer is the objects' order along that axis, no XOR yet;
@@ -18,7 +19,9 @@ with ``model: WORK/stage1``. The report (``--out``) gives the test accuracy per 
 and the position questions split by form, with the question-only baseline trained on the same stage-2 data.
 
     python benchmarks/position_curriculum.py [--scenes 4000] [--stage1-epochs 3] [--stage2-epochs 5]
-                                             [--threads 2] [--work runs/position] [--out docs]
+                                             [--position-scale 1] [--threads 2] [--work runs/position] [--out docs]
+
+``--stage1-epochs 0`` trains on stage 2's questions from the start (no curriculum).
 """
 from __future__ import annotations
 
