@@ -397,8 +397,7 @@ def load_vqa_spec(spec: Any, skip_bad: bool = False) -> ImageTextSet:
 
     ``questions`` keeps only the questions it matches (``re.search``), ``skip_questions`` drops those it matches:
     e.g. ``questions: "colou?r"`` trains on colour questions alone, and a first stage with ``skip_questions:
-    "right of|below"`` sees each spatial relation under one word only (a curriculum: README, "The shapes world
-    with a pretrained image tower").
+    "right of|below"`` sees each spatial relation under one word only (a curriculum).
     """
     if isinstance(spec, (str, Path)):
         return load_vqa(spec, skip_bad=skip_bad)

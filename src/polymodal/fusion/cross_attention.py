@@ -21,8 +21,8 @@ square?") has to come out of the per-token MLPs and the pooled sum. Self-attenti
 they found before pooling. Neither helps with a relation between two named things: a mean is the same for
 "A ... B" and "B ... A" up to what the text tower's positions leave in the tokens, so on the shapes world's "is A
 left of B?" the mean-pooled read-out stays at chance. ``pool="slots"`` keeps each word's read of the image in its
-own place, where ``x_A - x_B`` is a linear function of the read-out (README, "The shapes world with a pretrained
-image tower").
+own place, where ``x_A - x_B`` is a linear function of the read-out; a tiny model learns the relation with it
+(tests/fusion/test_learning.py), the shapes-world VQA models have not yet (docs/position_curriculum.md).
 """
 from __future__ import annotations
 

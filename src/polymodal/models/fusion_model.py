@@ -53,8 +53,9 @@ class FusionSection:
     # CNN towers emit a token grid without positions (a ViT's tokens carry their own): "sincos" adds MAE's fixed
     # 2-D table, times a learned per-channel scale, to the image tokens before fusion (see GridPositions).
     image_positions: Literal["none", "sincos"] = "none"
-    # γ's starting value: 0 begins as the position-free model (best for what-is-where questions); on relation
-    # questions a model that starts at 0 never lets positions in (|γ| stayed ~0.03), so those start at 1.
+    # γ's starting value. 0 begins as the position-free model, which learns colour and shape fastest; on the
+    # shapes world's relation questions γ then stayed near 0.03, positions never got in. 1 lets them in from the
+    # start but slows everything else (docs/position_curriculum.md).
     image_positions_scale: float = 0.0
 
 
