@@ -34,6 +34,7 @@ from polymodal.tasks.vqa import question_loader
 from polymodal.train.metrics_log import MetricsLog
 
 ATTENTION = {"layers": 2, "heads": 4, "mlp_ratio": 2.0}
+SLOTS = {"pool": "slots", "slots": get_model_config("vqa-concat-tiny")["text"]["context_length"]}
 FAMILIES: dict[str, dict] = {
     "concat": {"kind": "concat", "dim": 256},
     "sum": {"kind": "sum", "dim": 256},
@@ -48,11 +49,10 @@ FAMILIES: dict[str, dict] = {
     "cross-attention": {"kind": "cross_attention", "dim": 128, "options": ATTENTION},
     "cross + self-attention (ALBEF-like)": {"kind": "cross_attention", "dim": 128,
                                             "options": {**ATTENTION, "self_attention": True}},
-    # The text tower's context_length (24) positions kept in order: "A ... B" and "B ... A" read differently.
-    "cross-attention (slots)": {"kind": "cross_attention", "dim": 128, "options": {**ATTENTION, "pool": "slots",
-                                                                                  "slots": 24}},
+    # Every text position kept in order: "A ... B" and "B ... A" read differently.
+    "cross-attention (slots)": {"kind": "cross_attention", "dim": 128, "options": {**ATTENTION, **SLOTS}},
     "cross + self-attention (slots)": {"kind": "cross_attention", "dim": 128,
-                                       "options": {**ATTENTION, "self_attention": True, "pool": "slots", "slots": 24}},
+                                       "options": {**ATTENTION, "self_attention": True, **SLOTS}},
     "single-stream (ViLT-like)": {"kind": "single_stream", "dim": 128, "options": ATTENTION},
     "co-attention (ViLBERT-like)": {"kind": "co_attention", "dim": 128, "options": ATTENTION},
     "late (gate)": {"level": "late", "combine": "gate"},

@@ -30,6 +30,7 @@ import copy
 import json
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -38,15 +39,13 @@ from report_setup import processor_name, start_report
 from polymodal import run_training
 from polymodal.data.export import export_vqa
 from polymodal.data.shapes import ShapesWorld, VQAItem
-from polymodal.data.shapes_language import relation
+from polymodal.data.shapes_language import OPPOSITE, QUESTION_RELATION, referring_phrase, relation
 from polymodal.data.vqa import load_vqa_spec
 from polymodal.factory import get_model_config
 from polymodal.model_io import load_for_inference
 from polymodal.recipes.config import DataConfig, OptimConfig, RunConfig
 from polymodal.tasks.vqa import evaluate_vqa
 
-WORDS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
-OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 ONE_WORD_PER_AXIS = {"right": "left", "below": "above"}  # stage 1 says "B left of A", never "A right of B"
 TEST = {"name": "shapes", "split": "test", "size": 500}
 # The test split's position questions by form, as regular expressions over the question text.
@@ -62,11 +61,7 @@ def relation_items(world: ShapesWorld, scenes: int, stage: int, seed: int = 0) -
     items = []
     for index in range(scenes):
         scene = world.scene("train", index)
-        shapes = [o.shape for o in scene.objects]
-
-        def ref(o) -> str:  # as the shapes world names objects: the colour only when the shape repeats
-            return f"the {o.shape}" if shapes.count(o.shape) == 1 else f"the {o.colour} {o.shape}"
-
+        shapes = Counter(o.shape for o in scene.objects)
         for i, a in enumerate(scene.objects):
             for b in scene.objects[i + 1:]:
                 if stage == 1:
@@ -80,7 +75,8 @@ def relation_items(world: ShapesWorld, scenes: int, stage: int, seed: int = 0) -
                     rel = relation(a, b)
                     asked = [(a, b, rel, "yes"), (a, b, OPPOSITE[rel], "no")]
                 for first, second, word, answer in asked:
-                    items.append(VQAItem(scene.key, f"is {ref(first)} {WORDS[word]} {ref(second)}?", answer,
+                    items.append(VQAItem(scene.key, f"is {referring_phrase(first, shapes)} {QUESTION_RELATION[word]} "
+                                     f"{referring_phrase(second, shapes)}?", answer,
                                          "position", "yes/no"))
     return items
 

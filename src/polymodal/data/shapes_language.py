@@ -66,8 +66,8 @@ CELL_PHRASES: dict[tuple[int, int], tuple[str, ...]] = {
     (2, 2): ("in the bottom right",),
 }
 NUMBER_WORDS = ("zero", "one", "two", "three", "four")
-_OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
-_QUESTION_RELATION = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
+OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
+QUESTION_RELATION = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
 
 
 @dataclass(frozen=True)
@@ -171,6 +171,12 @@ def captions(rng: random.Random, objects: tuple[ShapeObject, ...], size: int) ->
     return (layout, *(template() for template in chosen))
 
 
+def referring_phrase(obj: ShapeObject, shape_counts: Counter) -> str:
+    """The shortest unique description of ``obj`` in a scene with ``shape_counts``: "the circle", or "the red
+    circle" when the shape repeats ((colour, shape) pairs are distinct in a scene)."""
+    return f"the {obj.shape}" if shape_counts[obj.shape] == 1 else f"the {obj.colour} {obj.shape}"
+
+
 def questions(
     rng: random.Random, objects: tuple[ShapeObject, ...], size: int, allowed: list[tuple[str, str]]
 ) -> list[Question]:
@@ -180,8 +186,8 @@ def questions(
     colours = Counter(o.colour for o in objects)
     present = {(o.colour, o.shape) for o in objects}
 
-    def ref(o: ShapeObject) -> str:  # shortest unique description; (colour, shape) pairs are distinct in a scene
-        return f"the {o.shape}" if shapes[o.shape] == 1 else f"the {o.colour} {o.shape}"
+    def ref(o: ShapeObject) -> str:
+        return referring_phrase(o, shapes)
 
     total = rng.choice(("how many shapes are there?", "how many objects are in the image?"))
     result = [Question(total, str(n), "count")]
@@ -209,13 +215,13 @@ def questions(
     # Along the separating axis the centres differ by > 0.1 * size (placement leaves a gap), so the relation
     # and its opposite are both clear-cut; a coin decides which one is asked.
     answer = rng.random() < 0.5
-    rel = relation(a, b) if answer else _OPPOSITE[relation(a, b)]
-    result.append(Question(f"is {ref(a)} {_QUESTION_RELATION[rel]} {ref(b)}?", "yes" if answer else "no", "position"))
+    rel = relation(a, b) if answer else OPPOSITE[relation(a, b)]
+    result.append(Question(f"is {ref(a)} {QUESTION_RELATION[rel]} {ref(b)}?", "yes" if answer else "no", "position"))
     # "What shape is left of X?" only when exactly one object is clearly left of X and every other clearly not.
-    rel = rng.choice(tuple(_QUESTION_RELATION))
+    rel = rng.choice(tuple(QUESTION_RELATION))
     others = [o for o in objects if o is not b]
     verdicts = [holds(o, b, rel, 0.06 * size) for o in others]
     if None not in verdicts and verdicts.count(True) == 1:
         target = others[verdicts.index(True)]
-        result.append(Question(f"what shape is {_QUESTION_RELATION[rel]} {ref(b)}?", target.shape, "position"))
+        result.append(Question(f"what shape is {QUESTION_RELATION[rel]} {ref(b)}?", target.shape, "position"))
     return result
