@@ -68,12 +68,14 @@ DATASETS = {
 
 # What reads the image: the presets' from-scratch ResNet at 32 px, or EfficientNet-Lite0 (ImageNet), frozen, whose
 # 7x7 token grid (the ImageNet head's 1280 channels, or block stage 5's 192) is computed once per image and cached
-# (small shapes survive its 224 px input), with learned-scale 2-D sin-cos positions added to its tokens.
+# (small shapes survive its 224 px input), with learned-scale 2-D sin-cos positions added to its tokens
+# (-position-channels: appended to them as 64 extra channels instead).
 EFFICIENTNET = {"type": "efficientnet_lite0", "frozen": True}
 IMAGE_TOWERS: dict[str, dict] = {
     "scratch": {},
     "efficientnet": {"image": EFFICIENTNET, "image_positions": "sincos"},
     "efficientnet-stage5": {"image": {**EFFICIENTNET, "feature_stage": 5}, "image_positions": "sincos"},
+    "efficientnet-position-channels": {"image": EFFICIENTNET, "image_positions": "sincos_channels"},
 }
 
 
@@ -165,7 +167,8 @@ def main() -> None:
     parser.add_argument("--image-tower", dest="image_tower", choices=list(IMAGE_TOWERS), default="scratch",
                         help="scratch: the presets' 32 px ResNet; efficientnet: frozen ImageNet EfficientNet-Lite0 "
                              "tokens (the head's map; -stage5: block stage 5's), cached, with 2-D sin-cos positions "
-                             "(question-only rows are unaffected)")
+                             "added (-position-channels: appended as extra channels); question-only rows are "
+                             "unaffected")
     parser.add_argument("--train-size", type=int, help="training items (images or scenes) per dataset; 0 = the "
                         "whole training split (default: 2000)")
     parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES), metavar="FAMILY")

@@ -6,22 +6,27 @@ no with a coin deciding whether the true relation or its opposite is asked) and 
 the circle?". Every fusion family in ``fusion_compare.py`` stays near chance on them: the yes/no answer is the
 XOR of the relation word and the objects' order, and no single feature correlates with it. This script trains
 ``vqa-xattn-effnet`` with its cross-attention read-out replaced by ``pool: slots`` (each word's read of the image
-kept in place) and the scale on the image tokens' 2-D positions starting at ``--position-scale`` (1; the preset's 0
-keeps positions out), on the training scenes' usual questions plus relation questions about every pair of objects:
+kept in place) and the image tokens' 2-D positions appended as extra channels (``--positions channels``,
+``image_positions: sincos_channels``) or added with a learned scale starting at ``--position-scale``
+(``--positions added``), on the training scenes' usual questions plus relation questions about every pair of objects:
 
 - stage 1 (``--stage1-epochs``): each pair asked both ways round with one word per axis ("is A left of B?",
   "is B left of A?", "above"), so the answer is the objects' order along that axis, no XOR yet;
+  ``--stage1-questions REGEX`` keeps only the stage-1 questions it matches (``'^is .* left of '``: one relation);
 - stage 2 (``--stage2-epochs``, starting from stage 1's weights with a fresh optimizer at ``--stage2-lr``): each
   pair in a random order, asked with its true relation and with the opposite one, all four words.
 
 Both stages are ordinary ``polymodal train`` runs on VQA v2 folders written here (``--work``), the second
 with ``model: WORK/stage1``. The report (``--out``) gives the test accuracy per question type after each stage
-and the position questions split by form, with the question-only baseline trained on the same stage-2 data.
+and the position questions split by form, with the question-only baseline trained on the last stage's data.
 
     python benchmarks/position_curriculum.py [--scenes 4000] [--stage1-epochs 3] [--stage2-epochs 5]
-                                             [--position-scale 1] [--threads 2] [--work runs/position] [--out docs]
+                                             [--positions channels|added] [--position-scale 1]
+                                             [--stage1-questions REGEX] [--threads 2] [--work runs/position]
+                                             [--out docs]
 
-``--stage1-epochs 0`` trains on stage 2's questions from the start (no curriculum).
+``--stage1-epochs 0`` trains on stage 2's questions from the start (no curriculum); ``--stage2-epochs 0`` stops
+after stage 1.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import argparse
 import copy
 import json
 import random
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -51,6 +57,7 @@ TEST = {"name": "shapes", "split": "test", "size": 500}
 # The test split's position questions by form, as regular expressions over the question text.
 POSITION_FORMS = {
     "yes/no position": "^is .* (left of|right of|above|below) ",
+    "yes/no left of": "^is .* left of ",
     "what shape is REL X": "^what shape is (left of|right of|above|below) ",
 }
 
@@ -81,17 +88,25 @@ def relation_items(world: ShapesWorld, scenes: int, stage: int, seed: int = 0) -
     return items
 
 
-def write_stage(world: ShapesWorld, scenes: int, stage: int, folder: Path) -> Path:
-    """The scenes' usual questions plus the stage's relation questions, as a VQA v2 folder."""
+def write_stage(world: ShapesWorld, scenes: int, stage: int, folder: Path, questions: str | None = None) -> Path:
+    """The scenes' usual questions plus the stage's relation questions, as a VQA v2 folder; with ``questions``
+    (a regular expression), only the questions it matches."""
     items = world.vqa_items("train", scenes) + relation_items(world, scenes, stage)
+    if questions is not None:
+        items = [item for item in items if re.search(questions, item.question)]
     return export_vqa(world.image_text_set("train", scenes), items, folder, overwrite=True, progress=False)
 
 
-def model_config(question_only: bool, self_attention: bool = False, position_scale: float = 1.0) -> dict:
+def model_config(question_only: bool, self_attention: bool = False, positions: str = "channels",
+                 position_scale: float = 1.0) -> dict:
     config = copy.deepcopy(get_model_config("vqa-xattn-effnet"))
     config["fusion"]["options"] = {**config["fusion"]["options"], "pool": "slots", "self_attention": self_attention,
                                    "slots": config["text"]["context_length"]}
-    config["fusion"]["image_positions_scale"] = position_scale
+    if positions == "channels":
+        config["fusion"]["image_positions"] = "sincos_channels"
+    else:
+        config["fusion"]["image_positions"] = "sincos"
+        config["fusion"]["image_positions_scale"] = position_scale
     if question_only:  # the same text tower and head on pooled question features alone
         del config["image"]
         config["fusion"] = {"level": "early", "kind": "concat", "dim": 256}
@@ -133,45 +148,54 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=4000, help="training scenes (default 4000)")
     parser.add_argument("--stage1-epochs", dest="stage1_epochs", type=int, default=3)
-    parser.add_argument("--stage2-epochs", dest="stage2_epochs", type=int, default=5)
+    parser.add_argument("--stage2-epochs", dest="stage2_epochs", type=int, default=5,
+                        help="0: stop after stage 1 (the baseline then trains on stage 1's questions)")
+    parser.add_argument("--stage1-questions", dest="stage1_questions", metavar="REGEX",
+                        help="keep only the stage-1 questions this matches, e.g. '^is .* left of ' (one relation)")
     parser.add_argument("--lr", type=float, default=2e-3, help="stage 1 (and the question-only baseline)")
     parser.add_argument("--stage2-lr", dest="stage2_lr", type=float, default=1e-3)
     parser.add_argument("--self-attention", dest="self_attention", action="store_true",
                         help="ALBEF's fusion layer: the words also read each other before the cross-attention")
+    parser.add_argument("--positions", choices=["channels", "added"], default="channels",
+                        help="the image tokens' 2-D sin-cos positions appended as extra channels "
+                             "(image_positions: sincos_channels, default) or added times a learned scale (sincos)")
     parser.add_argument("--position-scale", dest="position_scale", type=float, default=1.0,
-                        help="starting value of the learned scale on the image tokens' 2-D positions (default 1; "
-                             "the presets start at 0, where positions never get in)")
+                        help="with --positions added: the scale's starting value (default 1; the presets start at "
+                             "0, where positions never got in)")
     parser.add_argument("--skip-baseline", dest="skip_baseline", action="store_true",
                         help="leave out the question-only baseline")
     parser.add_argument("--work", default="runs/position", help="VQA folders and runs (kept)")
     parser.add_argument("--out", default="docs", help="folder for position_curriculum.md/.json")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.stage1_epochs + args.stage2_epochs == 0:
+        parser.error("nothing to train: --stage1-epochs and --stage2-epochs are both 0")
     out, command = start_report(args, __file__)
     work, world = Path(args.work), ShapesWorld()
     rows: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    stage1_data = write_stage(world, args.scenes, 1, work / "data-stage1")
+    stage1_data = write_stage(world, args.scenes, 1, work / "data-stage1", args.stage1_questions)
     stage2_data = write_stage(world, args.scenes, 2, work / "data-stage2")
-    model = model_config(False, args.self_attention, args.position_scale)
+    model = model_config(False, args.self_attention, args.positions, args.position_scale)
+    lr = args.lr
     if args.stage1_epochs:
         train(model, stage1_data, args.stage1_epochs, args.lr, work / "stage1")
         seconds["stage 1"] = time.perf_counter() - start
         rows["stage 1"] = test_scores(work / "stage1")
         print(rows["stage 1"], flush=True)
         start, model, lr = time.perf_counter(), str(work / "stage1"), args.stage2_lr
-    else:  # no curriculum: stage 2's questions from the start
-        lr = args.lr
-    name = "stage 2" if args.stage1_epochs else "stage 2's questions only"
-    train(model, stage2_data, args.stage2_epochs, lr, work / "stage2")
-    seconds[name] = time.perf_counter() - start
-    rows[name] = test_scores(work / "stage2")
-    print(rows[name], flush=True)
+    if args.stage2_epochs:
+        name = "stage 2" if args.stage1_epochs else "stage 2's questions only"
+        train(model, stage2_data, args.stage2_epochs, lr, work / "stage2")
+        seconds[name] = time.perf_counter() - start
+        rows[name] = test_scores(work / "stage2")
+        print(rows[name], flush=True)
     if not args.skip_baseline:
         start = time.perf_counter()
         epochs = args.stage1_epochs + args.stage2_epochs
-        train(model_config(True), stage2_data, epochs, args.lr, work / "question-only")
+        baseline_data = stage2_data if args.stage2_epochs else stage1_data
+        train(model_config(True), baseline_data, epochs, args.lr, work / "question-only")
         seconds["question only"] = time.perf_counter() - start
         rows["question only"] = test_scores(work / "question-only")
     report = markdown(rows, command, torch.get_num_threads(), seconds)

@@ -199,3 +199,35 @@ def test_image_positions_add_the_scaled_2d_sincos_table_to_encoder_and_cached_to
     question_only["fusion"] = {"kind": "concat", "dim": 32, "image_positions": "sincos"}
     with pytest.raises(ConfigError, match="image_positions = 'sincos' needs an `image` section"):
         create_model(question_only)
+
+
+@pytest.mark.parametrize(("kind", "level"), [("cross_attention", "early"), ("concat", "hybrid")])
+def test_image_position_channels_append_the_2d_sincos_table_to_tokens_and_zeros_to_pooled(kind, level):
+    config = copy.deepcopy(get_model_config("vqa-concat-tiny"))
+    options = {"heads": 2} if kind == "cross_attention" else {}
+    config["fusion"] = {"kind": kind, "level": level, "dim": 32, "options": options,
+                        "image_positions": "sincos_channels", "image_position_channels": 8}
+    torch.manual_seed(0)
+    model = create_model(config).eval()
+    assert not list(model.image_positions.parameters())  # a fixed table: cached tower outputs stay valid
+    batch = _batch(config)
+    text = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        raw = model.encoders["image"](batch["image"])
+        placed = model.encode(batch["image"], **text)["image"]
+        width, side = raw.tokens.shape[2], int(raw.tokens.shape[1] ** 0.5)
+        assert placed.tokens.shape == (3, side * side, width + 8) and placed.pooled.shape == (3, raw.pooled.shape[1] + 8)
+        torch.testing.assert_close(placed.tokens[..., :width], raw.tokens)  # content channels untouched
+        # MAE's table by hand (2 frequencies per half): row 1, column 2.
+        omega = torch.tensor([1.0, 0.01], dtype=torch.float64)
+        column, row = 2 * omega, 1 * omega
+        expected = torch.cat([column.sin(), column.cos(), row.sin(), row.cos()]).float()
+        torch.testing.assert_close(placed.tokens[:, side + 2, width:], expected.expand(3, -1))
+        torch.testing.assert_close(placed.pooled[:, :width], raw.pooled)
+        assert torch.equal(placed.pooled[:, width:], torch.zeros(3, 8))
+        cached = model.encode(**text, image_tokens=raw.tokens, image_pooled=raw.pooled)["image"]
+        torch.testing.assert_close(cached.tokens, placed.tokens)
+        assert model(**batch)["logits"].shape == (3, config["num_outputs"])
+    _check_all_parameters_get_gradients(config)
+    with pytest.raises(ConfigError, match="fusion.image_position_channels must be a multiple of 4, got 6"):
+        create_model({**config, "fusion": {**config["fusion"], "image_position_channels": 6}})

@@ -11,9 +11,9 @@ The fusion section says how the modalities meet (seed articles 001 §2–3, 003 
     "fusion": {"level": "hybrid", "kind": "gated_unit", "dim": 256, "combine": "weighted"}   both
 
 ``kind`` is any :func:`polymodal.fusion.build_fusion` kind and ``options`` its options; ``"image_positions":
-"sincos"`` adds 2-D position embeddings to a CNN's image token grid (:class:`GridPositions`). A model with only an
-``image`` or only a ``text`` section is the single-modality baseline (image-only / question-only VQA): the
-fusion then sees one modality.
+"sincos"`` adds 2-D position embeddings to a CNN's image token grid (:class:`GridPositions`), ``"sincos_channels"``
+appends them as extra channels (:class:`GridPositionChannels`). A model with only an ``image`` or only a ``text``
+section is the single-modality baseline (image-only / question-only VQA): the fusion then sees one modality.
 
 A frozen tower (``"frozen": true`` in its section) may be run once ahead of training: ``forward`` then takes its
 cached outputs instead of pixels or token ids, ``{m}_pooled (B, F)`` and, where the fusion reads tokens
@@ -51,12 +51,15 @@ class FusionSection:
     options: dict[str, Any] = field(default_factory=dict)
     combine: Literal["mean", "weighted", "gate"] = "mean"  # late and hybrid: how branch predictions combine
     # CNN towers emit a token grid without positions (a ViT's tokens carry their own): "sincos" adds MAE's fixed
-    # 2-D table, times a learned per-channel scale, to the image tokens before fusion (see GridPositions).
-    image_positions: Literal["none", "sincos"] = "none"
+    # 2-D table, times a learned per-channel scale, to the image tokens before fusion (GridPositions);
+    # "sincos_channels" appends it as extra channels (GridPositionChannels).
+    image_positions: Literal["none", "sincos", "sincos_channels"] = "none"
     # γ's starting value. 0 begins as the position-free model, which learns colour and shape fastest; on the
     # shapes world's relation questions γ then stayed near 0.03, positions never got in. 1 lets them in from the
     # start but slows everything else (docs/position_curriculum.md).
     image_positions_scale: float = 0.0
+    # "sincos_channels": the table is appended as this many extra channels instead of added (content untouched).
+    image_position_channels: int = field(default=64, metadata={"min": 4})
 
 
 @dataclass
@@ -118,6 +121,34 @@ class GridPositions(nn.Module):
         return dataclasses.replace(output, tokens=output.tokens + self.scale.to(output.tokens) * table)
 
 
+class GridPositionChannels(nn.Module):
+    """``[tokens; P]``: MAE's fixed 2-D sin-cos table ``P`` (``channels`` wide, row-major square grid) appended to
+    every image token, so positions reach the fusion without changing a single content channel.
+
+    Added positions (:class:`GridPositions`) share the content's channels: starting at full strength they swamp a
+    frozen CNN's sparse features, starting at zero they may never get in. Appended ones are neither: the fusion's
+    input projection learns how much of each to read.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        if channels % 4:
+            raise ValueError(f"image_position_channels must be a multiple of 4, got {channels}")
+        self.channels = channels
+
+    def forward(self, output: EncoderOutput) -> EncoderOutput:
+        batch, count = output.tokens.shape[:2]
+        side = math.isqrt(count)
+        if side * side != count:
+            raise ValueError(f"image_positions needs a square token grid; the image encoder gave {count} tokens")
+        table = sincos_2d_pos_embed(self.channels, (side, side)).to(output.tokens)
+        # A pooled vector has no position: it gets zeros, so every consumer of this modality sees one width (and
+        # it is the same whether the tokens came along or only the cached pooled vector did).
+        return dataclasses.replace(
+            output, tokens=torch.cat([output.tokens, table.expand(batch, -1, -1)], dim=-1),
+            pooled=torch.cat([output.pooled, output.pooled.new_zeros(batch, self.channels)], dim=-1))
+
+
 class FusionModel(nn.Module):
     """``{image, input_ids, attention_mask} → logits (B, num_outputs)`` through encoders, fusion and heads.
 
@@ -141,7 +172,7 @@ class FusionModel(nn.Module):
         heads: dict[str, nn.Module],
         late: LateFusion | None,
         target_key: str,
-        image_positions: GridPositions | None = None,
+        image_positions: GridPositions | GridPositionChannels | None = None,
     ) -> None:
         super().__init__()
         self.image_positions = image_positions
@@ -230,6 +261,18 @@ def build_fusion_model(config: dict[str, Any], where: str = "model config", for_
     if not built:
         raise ConfigError(f"{where}: a fusion model needs an `image` or a `text` section (or both)")
     widths = {name: encoder.encoder.width for name, encoder in built.items()}
+    positions = None
+    if section.image_positions != "none":
+        if "image" not in widths:
+            raise ConfigError(f"{where}: fusion.image_positions = {section.image_positions!r} needs an `image` section")
+        if section.image_positions == "sincos":
+            positions = GridPositions(widths["image"], section.image_positions_scale)
+        else:  # what the fusion and heads see is wider than the tower's output
+            try:
+                positions = GridPositionChannels(section.image_position_channels)
+            except ValueError as error:
+                raise ConfigError(f"{where}: fusion.{error}") from None
+            widths["image"] += section.image_position_channels
     fusion, late, heads = None, None, {}
     if section.level in ("early", "hybrid"):
         try:
@@ -244,11 +287,6 @@ def build_fusion_model(config: dict[str, Any], where: str = "model config", for_
         branches = list(widths) + (["fused"] if fusion is not None else [])
         late = LateFusion(branches, section.combine, widths if section.combine == "gate" else None)
     target_key = "targets" if spec.family == VQA.name else "labels"
-    positions = None
-    if section.image_positions == "sincos":
-        if "image" not in widths:
-            raise ConfigError(f"{where}: fusion.image_positions = 'sincos' needs an `image` section")
-        positions = GridPositions(widths["image"], section.image_positions_scale)
     model = FusionModel({name: encoder.encoder for name, encoder in built.items()}, section.level, fusion, heads,
                         late, target_key, positions)
     model.config = copy.deepcopy(config)
