@@ -97,6 +97,14 @@ def classifier_head(width: int, hidden: int | None, outputs: int, dropout: float
     return nn.Sequential(nn.Linear(width, hidden), *middle, nn.Dropout(dropout), nn.Linear(hidden, outputs))
 
 
+def grid_side(count: int) -> int:
+    """The side of the square token grid ``count`` tokens make (row-major), or a ValueError."""
+    side = math.isqrt(count)
+    if side * side != count:
+        raise ValueError(f"image_positions needs a square token grid; the image encoder gave {count} tokens")
+    return side
+
+
 class GridPositions(nn.Module):
     """``tokens + γ ⊙ P``: MAE's fixed 2-D sin-cos table ``P`` (row-major square grid) times a learned per-channel
     scale ``γ`` that starts at ``initial_scale`` (default zero).
@@ -113,11 +121,8 @@ class GridPositions(nn.Module):
         self.scale = nn.Parameter(torch.full((width,), float(initial_scale)))
 
     def forward(self, output: EncoderOutput) -> EncoderOutput:
-        count, width = output.tokens.shape[1:]
-        side = math.isqrt(count)
-        if side * side != count:
-            raise ValueError(f"image_positions needs a square token grid; the image encoder gave {count} tokens")
-        table = sincos_2d_pos_embed(width, (side, side)).to(output.tokens)
+        side = grid_side(output.tokens.shape[1])
+        table = sincos_2d_pos_embed(output.tokens.shape[2], (side, side)).to(output.tokens)
         return dataclasses.replace(output, tokens=output.tokens + self.scale.to(output.tokens) * table)
 
 
@@ -137,10 +142,7 @@ class GridPositionChannels(nn.Module):
         self.channels = channels
 
     def forward(self, output: EncoderOutput) -> EncoderOutput:
-        batch, count = output.tokens.shape[:2]
-        side = math.isqrt(count)
-        if side * side != count:
-            raise ValueError(f"image_positions needs a square token grid; the image encoder gave {count} tokens")
+        batch, side = output.tokens.shape[0], grid_side(output.tokens.shape[1])
         table = sincos_2d_pos_embed(self.channels, (side, side)).to(output.tokens)
         # A pooled vector has no position: it gets zeros, so every consumer of this modality sees one width (and
         # it is the same whether the tokens came along or only the cached pooled vector did).
