@@ -37,6 +37,7 @@ import random
 import re
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -62,8 +63,9 @@ POSITION_FORMS = {
 }
 
 
-def relation_items(world: ShapesWorld, scenes: int, stage: int, seed: int = 0) -> list[VQAItem]:
-    """Yes/no relation questions about every pair of objects in the first ``scenes`` training scenes."""
+def relation_items(world: ShapesWorld, scenes: int, kind: str, seed: int = 0) -> list[VQAItem]:
+    """Yes/no relation questions about every pair of objects in the first ``scenes`` training scenes, in the
+    ``"order"`` or the ``"xor"`` form (see the module docstring)."""
     rng = random.Random(seed)
     items = []
     for index in range(scenes):
@@ -71,7 +73,7 @@ def relation_items(world: ShapesWorld, scenes: int, stage: int, seed: int = 0) -
         shapes = Counter(o.shape for o in scene.objects)
         for i, a in enumerate(scene.objects):
             for b in scene.objects[i + 1:]:
-                if stage == 1:
+                if kind == "order":
                     rel = relation(a, b)
                     if rel in ONE_WORD_PER_AXIS:
                         a, b, rel = b, a, ONE_WORD_PER_AXIS[rel]
@@ -88,10 +90,10 @@ def relation_items(world: ShapesWorld, scenes: int, stage: int, seed: int = 0) -
     return items
 
 
-def write_stage(world: ShapesWorld, scenes: int, stage: int, folder: Path, questions: str | None = None) -> Path:
-    """The scenes' usual questions plus the stage's relation questions, as a VQA v2 folder; with ``questions``
+def write_stage(world: ShapesWorld, scenes: int, kind: str, folder: Path, questions: str | None = None) -> Path:
+    """The scenes' usual questions plus relation questions of ``kind``, as a VQA v2 folder; with ``questions``
     (a regular expression), only the questions it matches."""
-    items = world.vqa_items("train", scenes) + relation_items(world, scenes, stage)
+    items = world.vqa_items("train", scenes) + relation_items(world, scenes, kind)
     if questions is not None:
         items = [item for item in items if re.search(questions, item.question)]
     return export_vqa(world.image_text_set("train", scenes), items, folder, overwrite=True, progress=False)
@@ -140,20 +142,40 @@ def markdown(rows: dict[str, dict[str, float]], command: str, threads: int, seco
              "| --- |" + " ---: |" * (len(columns) + 1)]
     for name, scores in rows.items():
         cells = [f"{scores.get(column, float('nan')):.1f}" for column in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {seconds[name] / 60:.0f} |")
+        cell = name.replace("|", "\\|")  # a stage's regex may hold a "|", which would split the table row
+        lines.append(f"| {cell} | " + " | ".join(cells) + f" | {seconds[name] / 60:.0f} |")
     return "\n".join(lines) + f"\n\nOfficial VQA accuracy (%) on {TEST['size']} test scenes. Made by `{command}`.\n"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage: relation questions of ``kind`` (plus the usual ones), ``epochs``, an optional filter."""
+
+    kind: str
+    epochs: int
+    questions: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Stage:
+        """``KIND:EPOCHS[:REGEX]``, e.g. ``order:4:^is .* left of `` (the regex may itself contain colons)."""
+        kind, _, rest = text.partition(":")
+        epochs, _, questions = rest.partition(":")
+        if kind not in ("order", "xor") or not epochs.isdigit() or int(epochs) < 1:
+            raise argparse.ArgumentTypeError(f"a stage is KIND:EPOCHS[:REGEX] with KIND order or xor and EPOCHS >= 1, "
+                                             f"got {text!r}")
+        return cls(kind, int(epochs), questions or None)
+
+    def name(self) -> str:
+        return f"{self.kind}, {self.epochs} ep" + (f", `{self.questions}`" if self.questions else "")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=4000, help="training scenes (default 4000)")
-    parser.add_argument("--stage1-epochs", dest="stage1_epochs", type=int, default=3)
-    parser.add_argument("--stage2-epochs", dest="stage2_epochs", type=int, default=5,
-                        help="0: stop after stage 1 (the baseline then trains on stage 1's questions)")
-    parser.add_argument("--stage1-questions", dest="stage1_questions", metavar="REGEX",
-                        help="keep only the stage-1 questions this matches, e.g. '^is .* left of ' (one relation)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="stage 1 (and the question-only baseline)")
-    parser.add_argument("--stage2-lr", dest="stage2_lr", type=float, default=1e-3)
+    parser.add_argument("--stage", dest="stages", action="append", type=Stage.parse, metavar="KIND:EPOCHS[:REGEX]",
+                        help="a training stage, repeatable, run in order, each from the last one's weights with a "
+                             "fresh optimizer (default: order:3 then xor:5)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="every stage's (and the baseline's) learning rate")
     parser.add_argument("--self-attention", dest="self_attention", action="store_true",
                         help="ALBEF's fusion layer: the words also read each other before the cross-attention")
     parser.add_argument("--positions", choices=["channels", "added"], default="channels",
@@ -162,40 +184,41 @@ def main() -> None:
     parser.add_argument("--position-scale", dest="position_scale", type=float, default=1.0,
                         help="with --positions added: the scale's starting value (default 1; the presets start at "
                              "0, where positions never got in)")
-    parser.add_argument("--skip-baseline", dest="skip_baseline", action="store_true",
-                        help="leave out the question-only baseline")
+    baseline = parser.add_mutually_exclusive_group()
+    baseline.add_argument("--skip-baseline", dest="skip_baseline", action="store_true",
+                          help="leave out the question-only baseline")
+    baseline.add_argument("--baseline-only", dest="baseline_only", action="store_true",
+                          help="train only the question-only baseline (on the last stage's questions, for all the "
+                               "stages' epochs), e.g. beside a --skip-baseline run")
     parser.add_argument("--work", default="runs/position", help="VQA folders and runs (kept)")
     parser.add_argument("--out", default="docs", help="folder for position_curriculum.md/.json")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
-    if args.stage1_epochs + args.stage2_epochs == 0:
-        parser.error("nothing to train: --stage1-epochs and --stage2-epochs are both 0")
+    stages = args.stages or [Stage("order", 3), Stage("xor", 5)]
     out, command = start_report(args, __file__)
     work, world = Path(args.work), ShapesWorld()
     rows: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
-    start = time.perf_counter()
-    stage1_data = write_stage(world, args.scenes, 1, work / "data-stage1", args.stage1_questions)
-    stage2_data = write_stage(world, args.scenes, 2, work / "data-stage2")
-    model = model_config(False, args.self_attention, args.positions, args.position_scale)
-    lr = args.lr
-    if args.stage1_epochs:
-        train(model, stage1_data, args.stage1_epochs, args.lr, work / "stage1")
-        seconds["stage 1"] = time.perf_counter() - start
-        rows["stage 1"] = test_scores(work / "stage1")
-        print(rows["stage 1"], flush=True)
-        start, model, lr = time.perf_counter(), str(work / "stage1"), args.stage2_lr
-    if args.stage2_epochs:
-        name = "stage 2" if args.stage1_epochs else "stage 2's questions only"
-        train(model, stage2_data, args.stage2_epochs, lr, work / "stage2")
+    folders: dict[tuple[str, str | None], Path] = {}
+    model: dict | str = model_config(False, args.self_attention, args.positions, args.position_scale)
+    for stage in stages[-1:] if args.baseline_only else stages:
+        key = (stage.kind, stage.questions)
+        if key not in folders:
+            folder = work / f"data-{stage.kind}-{len(folders) + 1}"
+            folders[key] = write_stage(world, args.scenes, stage.kind, folder, stage.questions)
+    for number, stage in enumerate([] if args.baseline_only else stages, 1):
+        key = (stage.kind, stage.questions)
+        start, run, name = time.perf_counter(), work / f"stage{number}", f"stage {number}: {stage.name()}"
+        train(model, folders[key], stage.epochs, args.lr, run)
         seconds[name] = time.perf_counter() - start
-        rows[name] = test_scores(work / "stage2")
-        print(rows[name], flush=True)
+        rows[name] = test_scores(run)
+        print(name, rows[name], flush=True)
+        model = str(run)
     if not args.skip_baseline:
         start = time.perf_counter()
-        epochs = args.stage1_epochs + args.stage2_epochs
-        baseline_data = stage2_data if args.stage2_epochs else stage1_data
-        train(model_config(True), baseline_data, epochs, args.lr, work / "question-only")
+        last = stages[-1]
+        train(model_config(True), folders[(last.kind, last.questions)], sum(s.epochs for s in stages), args.lr,
+              work / "question-only")
         seconds["question only"] = time.perf_counter() - start
         rows["question only"] = test_scores(work / "question-only")
     report = markdown(rows, command, torch.get_num_threads(), seconds)
