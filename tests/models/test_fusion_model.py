@@ -231,3 +231,5 @@ def test_image_position_channels_append_the_2d_sincos_table_to_tokens_and_zeros_
     _check_all_parameters_get_gradients(config)
     with pytest.raises(ConfigError, match="fusion.image_position_channels must be a multiple of 4, got 6"):
         create_model({**config, "fusion": {**config["fusion"], "image_position_channels": 6}})
+    with pytest.raises(ConfigError, match="image_position_channels applies to image_positions 'sincos_channels' only"):
+        create_model({**config, "fusion": {**config["fusion"], "image_positions": "sincos"}})

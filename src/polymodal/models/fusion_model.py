@@ -264,6 +264,9 @@ def build_fusion_model(config: dict[str, Any], where: str = "model config", for_
         raise ConfigError(f"{where}: a fusion model needs an `image` or a `text` section (or both)")
     widths = {name: encoder.encoder.width for name, encoder in built.items()}
     positions = None
+    if "image_position_channels" in spec.fusion and section.image_positions != "sincos_channels":
+        raise ConfigError(f"{where}: fusion.image_position_channels applies to image_positions 'sincos_channels' only, "
+                          f"not {section.image_positions!r}")
     if section.image_positions != "none":
         if "image" not in widths:
             raise ConfigError(f"{where}: fusion.image_positions = {section.image_positions!r} needs an `image` section")
