@@ -1,5 +1,5 @@
 """Can a VQA model learn the shapes world's spatial relations? An ordered read-out, more relation questions and a
-two-stage curriculum, scored on the usual shapes test split.
+staged curriculum, scored on the usual shapes test split.
 
 The shapes world asks about one pair of objects per scene ("is the circle left of the square?", answered yes or
 no with a coin deciding whether the true relation or its opposite is asked) and sometimes "what shape is left of
@@ -8,25 +8,26 @@ XOR of the relation word and the objects' order, and no single feature correlate
 ``vqa-xattn-effnet`` with its cross-attention read-out replaced by ``pool: slots`` (each word's read of the image
 kept in place) and the image tokens' 2-D positions appended as extra channels (``--positions channels``,
 ``image_positions: sincos_channels``) or added with a learned scale starting at ``--position-scale``
-(``--positions added``), on the training scenes' usual questions plus relation questions about every pair of objects:
+(``--positions added``), on the training scenes' usual questions plus relation questions about every pair of
+objects. Relation questions come in two kinds:
 
-- stage 1 (``--stage1-epochs``): each pair asked both ways round with one word per axis ("is A left of B?",
-  "is B left of A?", "above"), so the answer is the objects' order along that axis, no XOR yet;
-  ``--stage1-questions REGEX`` keeps only the stage-1 questions it matches (``'^is .* left of '``: one relation);
-- stage 2 (``--stage2-epochs``, starting from stage 1's weights with a fresh optimizer at ``--stage2-lr``): each
-  pair in a random order, asked with its true relation and with the opposite one, all four words.
+- ``order``: each pair asked both ways round with one word per axis ("is A left of B?", "is B left of A?",
+  "above"), so the answer is the objects' order along that axis, no XOR yet;
+- ``xor``: each pair in a random order, asked with its true relation and with the opposite one, all four words
+  (the shapes world's own form).
 
-Both stages are ordinary ``polymodal train`` runs on VQA v2 folders written here (``--work``), the second
-with ``model: WORK/stage1``. The report (``--out``) gives the test accuracy per question type after each stage
-and the position questions split by form, with the question-only baseline trained on the last stage's data.
+Training runs in stages, ``--stage KIND:EPOCHS[:REGEX]`` (repeatable; default ``order:3`` then ``xor:5``): each
+is an ordinary ``polymodal train`` run on a VQA v2 folder written here (``--work``) with the scenes' usual
+questions plus relation questions of KIND, kept to those REGEX matches (``'^is .* left of '``: one relation, no
+usual questions), starting from the previous stage's run (``model: WORK/stageN``) with a fresh optimizer. The
+first stage fixes the run's tokenizer and answer list, so it should see every kind of question. The report
+(``--out``) gives the test accuracy per question type after each stage and the position questions split by form,
+with the question-only baseline trained on the last stage's questions for all the stages' epochs.
 
-    python benchmarks/position_curriculum.py [--scenes 4000] [--stage1-epochs 3] [--stage2-epochs 5]
+    python benchmarks/position_curriculum.py [--scenes 4000] [--stage KIND:EPOCHS[:REGEX] ...] [--lr 1e-3]
                                              [--positions channels|added] [--position-scale 1]
-                                             [--stage1-questions REGEX] [--threads 2] [--work runs/position]
-                                             [--out docs]
-
-``--stage1-epochs 0`` trains on stage 2's questions from the start (no curriculum); ``--stage2-epochs 0`` stops
-after stage 1.
+                                             [--self-attention] [--skip-baseline | --baseline-only]
+                                             [--threads 2] [--work runs/position] [--out docs]
 """
 from __future__ import annotations
 
@@ -207,9 +208,8 @@ def main() -> None:
             folder = work / f"data-{stage.kind}-{len(folders) + 1}"
             folders[key] = write_stage(world, args.scenes, stage.kind, folder, stage.questions)
     for number, stage in enumerate([] if args.baseline_only else stages, 1):
-        key = (stage.kind, stage.questions)
         start, run, name = time.perf_counter(), work / f"stage{number}", f"stage {number}: {stage.name()}"
-        train(model, folders[key], stage.epochs, args.lr, run)
+        train(model, folders[(stage.kind, stage.questions)], stage.epochs, args.lr, run)
         seconds[name] = time.perf_counter() - start
         rows[name] = test_scores(run)
         print(name, rows[name], flush=True)
